@@ -1,0 +1,1 @@
+"""hcr models: tokenizer, watermark, localizer, recovery, retrieval."""

@@ -1,0 +1,1 @@
+"""Benchmark building blocks: tampering generator, attack grid, metrics, peers and baselines."""

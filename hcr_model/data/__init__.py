@@ -1,0 +1,1 @@
+"""Benchmark dataset: builder from Debian packages, pinned manifest, photo records and tile datasets."""

@@ -1,0 +1,400 @@
+"""Train the multi-scale residual VQ-VAE tokenizer (`hcr train tokenizer`).
+
+Each step trains on random photo crops: mostly small crops (``--crop-size``)
+and every ``--full-every``-th step a batch of full R × R crops, so that the
+scales that only exist at R (12 and 16 at R = 256) are trained too. Losses:
+L1 and image-gradient L1 on pixels, commitment to the EMA codebooks, the
+refinement loss of each scale's upsampled contribution, and (unless
+``--no-distill``) a cosine loss that makes the hidden-code prefix predict
+MobileNetV2's pooled ImageNet features of the same crop. Quantizer dropout
+decodes a share of each batch from a random prefix of scales.
+
+Training resumes from ``OUT/last.pt``; ``--minutes`` is the total budget
+across resumes. ``--export PATH`` writes the shipped weight file at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import random
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from hcr_model.tokenizer import MultiScaleVQ, TokenizerConfig, save_tokenizer
+from hcr_model.training.common import (
+    Checkpointer,
+    MetricLogger,
+    WallBudget,
+    autocast,
+    configure_threads,
+    cosine_lr,
+    select_device,
+    seed_everything,
+    setup_logging,
+)
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_OUT = Path.home() / ".cache" / "hcr" / "runs" / "tokenizer"
+
+
+# ---- data -------------------------------------------------------------------------
+
+
+def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    return F.interpolate(x[None], size=size, mode="bilinear", align_corners=False, antialias=True)[0]
+
+
+def _to_chw_float(image) -> torch.Tensor:
+    """Convert a PIL image, an (H, W, 3) uint8 array or a (3, H, W) tensor to (3, H, W) float in [0, 1]."""
+    if isinstance(image, torch.Tensor):
+        x = image.float()
+        return x / 255.0 if image.dtype == torch.uint8 else x
+    array = np.asarray(image.convert("RGB") if hasattr(image, "convert") else image)
+    if array.ndim == 2:
+        array = np.repeat(array[..., None], 3, axis=2)
+    return torch.from_numpy(np.array(array[..., :3], copy=True)).permute(2, 0, 1).float() / 255.0
+
+
+def cache_photo(photo: torch.Tensor, max_short: int) -> torch.Tensor:
+    """Downscale a photo (3, H, W) in [0, 1] so its short side is at most ``max_short``; store it as uint8."""
+    h, w = photo.shape[-2:]
+    scale = max_short / min(h, w)
+    if scale < 1.0:
+        photo = _resize(photo, (max(1, round(h * scale)), max(1, round(w * scale))))
+    return (photo.clamp(0, 1) * 255.0 + 0.5).to(torch.uint8)
+
+
+def canonical(photo: torch.Tensor, resolution: int) -> torch.Tensor:
+    """Squash a photo (3, H, W) to the canonical (3, R, R) float grid, as audits do."""
+    x = photo.float() / 255.0 if photo.dtype == torch.uint8 else photo.float()
+    return _resize(x, (resolution, resolution)).clamp(0, 1)
+
+
+def fixture_photos() -> list[torch.Tensor]:
+    """Photos that ship inside the scikit-image and scikit-learn wheels, for development runs."""
+    import skimage.data
+    from sklearn.datasets import load_sample_images
+
+    names = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field")
+    photos = [_to_chw_float(getattr(skimage.data, name)()) for name in names]
+    photos += [_to_chw_float(image) for image in load_sample_images().images]
+    return photos
+
+
+def load_split(source: str, split: str) -> list[torch.Tensor]:
+    """Load a split's photos as (3, H, W) float tensors: the benchmark photos or the wheel fixtures."""
+    if source == "fixtures":
+        return fixture_photos()
+    from PIL import Image
+
+    from hcr_model.data.photos import load_photos
+
+    photos = []
+    for record in load_photos(split):
+        with Image.open(record.file) as image:
+            photos.append(_to_chw_float(image))
+    return photos
+
+
+class CropSampler:
+    """Draws augmented square crops in [0, 1] from cached uint8 photos.
+
+    At audit time a photo is squashed to R × R, so a crop carries about the
+    detail of the canonical image when the photo is first scaled to a short
+    side between R and 2R. Crops are drawn at that pixel density, flipped and
+    colour-jittered.
+    """
+
+    def __init__(self, photos: list[torch.Tensor], resolution: int, rng: random.Random, jitter: float = 0.1) -> None:
+        if not photos:
+            raise ValueError("no training photos: build the dataset with `hcr data build` or pass --data fixtures")
+        self.photos = photos
+        self.resolution = resolution
+        self.rng = rng
+        self.jitter = jitter
+
+    def crop(self, size: int) -> torch.Tensor:
+        """Return one augmented crop (3, size, size)."""
+        photo = self.photos[self.rng.randrange(len(self.photos))]
+        h, w = photo.shape[-2:]
+        short = min(h, w)
+
+        target_short = self.rng.uniform(self.resolution, max(self.resolution, min(2 * self.resolution, short)))
+        window = max(1, min(round(size * short / target_short), h, w))
+        top = self.rng.randrange(h - window + 1)
+        left = self.rng.randrange(w - window + 1)
+        x = _resize(photo[:, top : top + window, left : left + window].float() / 255.0, (size, size))
+
+        if self.rng.random() < 0.5:
+            x = x.flip(-1)
+        if self.jitter > 0:
+            x = self._colour_jitter(x)
+        return x.clamp(0, 1)
+
+    def _colour_jitter(self, x: torch.Tensor) -> torch.Tensor:
+        j = self.jitter
+        x = x * self.rng.uniform(1 - j, 1 + j)
+        mean = x.mean()
+        x = (x - mean) * self.rng.uniform(1 - j, 1 + j) + mean
+        grey = x.mean(dim=0, keepdim=True)
+        return (x - grey) * self.rng.uniform(1 - j, 1 + j) + grey
+
+    def batch(self, batch_size: int, size: int) -> torch.Tensor:
+        return torch.stack([self.crop(size) for _ in range(batch_size)])
+
+
+# ---- losses and metrics -----------------------------------------------------------
+
+
+def gradient_l1(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """L1 distance between horizontal and vertical finite differences: a cheap edge-sharpness term."""
+    dx = (pred[..., :, 1:] - pred[..., :, :-1]) - (target[..., :, 1:] - target[..., :, :-1])
+    dy = (pred[..., 1:, :] - pred[..., :-1, :]) - (target[..., 1:, :] - target[..., :-1, :])
+    return dx.abs().mean() + dy.abs().mean()
+
+
+def psnr(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-image PSNR in dB (B,) of images in [0, 1]."""
+    mse = (pred.clamp(0, 1) - target).pow(2).flatten(1).mean(1).clamp_min(1e-10)
+    return -10.0 * torch.log10(mse)
+
+
+def usage_stats(counts: torch.Tensor) -> tuple[int, float]:
+    """Return (entries used, perplexity) of one scale's token counts (K,)."""
+    total = counts.sum()
+    if total == 0:
+        return 0, 0.0
+    p = counts.float() / total
+    entropy = -(p[p > 0] * p[p > 0].log()).sum()
+    return int((counts > 0).sum()), float(entropy.exp())
+
+
+@torch.no_grad()
+def evaluate(model: MultiScaleVQ, images: torch.Tensor, device: torch.device, batch_size: int = 4) -> dict[str, float]:
+    """Measure PSNR (all scales and hidden-code prefix) and per-scale usage on canonical images (N, 3, R, R)."""
+    model.eval()
+    cfg = model.cfg
+    full, prefix = [], []
+    counts = torch.zeros(len(cfg.scales), cfg.codebook_size, dtype=torch.long)
+    for start in range(0, images.shape[0], batch_size):
+        x = images[start : start + batch_size].to(device)
+        tokens = model.encode(x)
+        full.append(psnr(model.decode(tokens), x).cpu())
+        prefix.append(psnr(model.decode(tokens, n_scales=cfg.hidden_scales), x).cpu())
+        for k, t in enumerate(tokens):
+            counts[k] += torch.bincount(t.flatten().cpu(), minlength=cfg.codebook_size)
+    model.train()
+
+    result = {"val_psnr": float(torch.cat(full).mean()), "val_psnr_code": float(torch.cat(prefix).mean())}
+    for k, s in enumerate(cfg.scales):
+        used, perplexity = usage_stats(counts[k])
+        result[f"val_used_s{s}"] = used
+        result[f"val_ppl_s{s}"] = perplexity
+    return result
+
+
+# ---- training ---------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="hcr train tokenizer",
+        description="Train the multi-scale residual VQ-VAE tokenizer; resumes from OUT/last.pt.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="run folder for checkpoints and metrics.jsonl")
+    p.add_argument("--minutes", type=float, default=55.0, help="total wall-clock training budget in minutes, across resumes")
+    p.add_argument("--max-steps", type=int, default=0, help="stop after this many steps (0: only the wall budget stops training)")
+    p.add_argument("--data", choices=("photos", "fixtures"), default="photos", help="benchmark photos (train split) or the wheel fixture photos")
+    p.add_argument("--resolution", type=int, default=256, help="working resolution R in pixels")
+    p.add_argument("--crop-size", type=int, default=128, help="side of the small training crops in pixels")
+    p.add_argument("--batch-size", type=int, default=8, help="small crops per step")
+    p.add_argument("--full-batch-size", type=int, default=2, help="R × R crops per full-size step")
+    p.add_argument("--full-every", type=int, default=3, help="every N-th step trains on R × R crops (0: never)")
+    p.add_argument("--lr", type=float, default=4e-4, help="peak AdamW learning rate (cosine schedule over the wall budget)")
+    p.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW weight decay")
+    p.add_argument("--grad-weight", type=float, default=0.5, help="weight of the image-gradient L1 loss")
+    p.add_argument("--commit-weight", type=float, default=0.25, help="weight of the commitment loss")
+    p.add_argument("--refine-weight", type=float, default=1.0, help="weight of the per-scale refinement loss")
+    p.add_argument("--distill-weight", type=float, default=0.2, help="weight of the cosine distillation loss")
+    p.add_argument("--no-distill", action="store_true", help="turn semantic distillation off (ablation)")
+    p.add_argument("--teacher-size", type=int, default=160, help="input side of the MobileNetV2 teacher in pixels")
+    p.add_argument("--drop-prob", type=float, default=0.3, help="share of images decoded from a random prefix of scales (quantizer dropout)")
+    p.add_argument("--restart-every", type=int, default=50, help="steps between dead-codebook-entry restarts")
+    p.add_argument("--log-every", type=int, default=25, help="steps between loss logs")
+    p.add_argument("--ckpt-every", type=int, default=100, help="steps between checkpoints")
+    p.add_argument("--eval-every", type=int, default=250, help="steps between validation measurements")
+    p.add_argument("--eval-images", type=int, default=24, help="validation photos measured at R × R")
+    p.add_argument("--code-dim", type=int, default=32, help="latent and codebook channels")
+    p.add_argument("--channels", type=str, default="32,48,96,160", help="conv widths at R/2, R/4, R/8, R/16")
+    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch default)")
+    p.add_argument("--device", type=str, default=None, help="torch device (default: cuda when present, else cpu)")
+    p.add_argument("--export", type=Path, default=None, help="write the shipped weight file (fp16 weights, fp32 codebooks) here at the end")
+    return p
+
+
+def _make_model(args: argparse.Namespace) -> MultiScaleVQ:
+    channels = tuple(int(c) for c in args.channels.split(","))
+    return MultiScaleVQ(TokenizerConfig(resolution=args.resolution, code_dim=args.code_dim, channels=channels))
+
+
+def _train_step(model, teacher, batch, args, device, generator):
+    """Run one forward pass and the losses; return (loss tensor, scalars to log, forward output)."""
+    n_scales = len(model.cfg.scales)
+    b = batch.shape[0]
+    keep = torch.full((b,), n_scales, dtype=torch.long)
+    dropped = torch.rand(b, generator=generator) < args.drop_prob
+    keep[dropped] = torch.randint(1, n_scales, (int(dropped.sum()),), generator=generator)
+
+    with autocast(device):
+        out = model(batch, keep_scales=keep, update_codebooks=True)
+        recon = out.reconstruction.float()
+        l1 = (recon - batch).abs().mean()
+        grad = gradient_l1(recon, batch)
+        loss = l1 + args.grad_weight * grad + args.commit_weight * out.commitment + args.refine_weight * out.refine_loss
+
+        distill = torch.zeros(())
+        if teacher is not None:
+            with torch.no_grad():
+                target = teacher.embed(batch, size=args.teacher_size)
+            distill = 1.0 - F.cosine_similarity(out.teacher_prediction.float(), target.float(), dim=1).mean()
+            loss = loss + args.distill_weight * distill
+
+    full = ~dropped
+    scalars = {
+        "loss": float(loss.detach()),
+        "l1": float(l1.detach()),
+        "grad": float(grad.detach()),
+        "commit": float(out.commitment.detach()),
+        "refine": float(out.refine_loss.detach()),
+        "distill": float(distill.detach()),
+    }
+    if full.any():
+        scalars["psnr"] = float(psnr(recon.detach()[full], batch[full]).mean())
+    return loss, scalars, out
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging()
+    configure_threads(args.threads)
+    seed_everything(args.seed)
+    device = select_device(args.device)
+    rng = random.Random(args.seed)
+    generator = torch.Generator().manual_seed(args.seed)
+
+    ckpt = Checkpointer(args.out)
+    state = ckpt.load()
+    if state is not None:
+        model = MultiScaleVQ(TokenizerConfig(**state["config"]))
+        model.load_state_dict(state["model"])
+        rng.setstate(state["sampler_rng"])
+        generator.set_state(state["generator"])
+    else:
+        model = _make_model(args)
+    model.to(device).train()
+    cfg = model.cfg
+    logger.info("tokenizer: %.2fM parameters, config %s", sum(p.numel() for p in model.parameters()) / 1e6, cfg.model_dump())
+
+    # Photos: the train split for crops, a few validation photos at R for PSNR.
+    train_photos = [cache_photo(p, 2 * cfg.resolution) for p in load_split(args.data, "train")]
+    val_photos = load_split(args.data, "val")[: args.eval_images]
+    val_images = torch.stack([canonical(p, cfg.resolution) for p in val_photos])
+    sampler = CropSampler(train_photos, cfg.resolution, rng)
+    logger.info("data: %d training photos, %d validation photos (%s)", len(train_photos), len(val_images), args.data)
+
+    teacher = None
+    if not args.no_distill:
+        from hcr_model.semantic import load_mobilenet_v2
+
+        teacher = load_mobilenet_v2(device)
+
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=args.lr, betas=(0.9, 0.95), weight_decay=args.weight_decay
+    )
+    step = 0
+    budget = WallBudget(args.minutes)
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        step = int(state["step"])
+        budget = WallBudget(args.minutes, spent_seconds=float(state["spent_seconds"]))
+    metrics = MetricLogger(args.out, args.log_every)
+
+    if not bool(model.ema_initialized):
+        with torch.no_grad():
+            init_batch = sampler.batch(8, cfg.resolution).to(device)
+            model.init_codebooks(model.encoder(init_batch), generator=None)
+        logger.info("initialized codebooks from %d R × R crops", init_batch.shape[0])
+
+    def save() -> None:
+        ckpt.save(
+            {
+                "config": cfg.model_dump(),
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "step": step,
+                "spent_seconds": budget.spent,
+                "sampler_rng": rng.getstate(),
+                "generator": generator.get_state(),
+                "args": {k: str(v) for k, v in vars(args).items()},
+            }
+        )
+
+    n_scales = len(cfg.scales)
+    counts = torch.zeros(n_scales, cfg.codebook_size, dtype=torch.long)
+    while not budget.exhausted() and not (args.max_steps and step >= args.max_steps):
+        for group in optimizer.param_groups:
+            group["lr"] = cosine_lr(args.lr, budget.progress)
+
+        full_step = args.full_every > 0 and step % args.full_every == 0
+        size, count = (cfg.resolution, args.full_batch_size) if full_step else (args.crop_size, args.batch_size)
+        batch = sampler.batch(count, size).to(device)
+
+        loss, scalars, out = _train_step(model, teacher, batch, args, device, generator)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        step += 1
+
+        if full_step:
+            for k, t in enumerate(out.tokens):
+                counts[k] += torch.bincount(t.flatten().cpu(), minlength=cfg.codebook_size)
+        if args.restart_every and step % args.restart_every == 0:
+            restarted = model.restart_dead_codes(out.latent, generator=None)
+            scalars["restarted"] = sum(restarted)
+        metrics.add(items=count, **scalars)
+
+        if step % args.log_every == 0:
+            usage = {f"used_s{s}": usage_stats(counts[k])[0] for k, s in enumerate(cfg.scales)}
+            metrics.flush(step, budget, lr=optimizer.param_groups[0]["lr"], **usage)
+            counts.zero_()
+        if step % args.eval_every == 0:
+            result = evaluate(model, val_images, device)
+            logger.info("step %d validation %s", step, " ".join(f"{k}={v:.4g}" for k, v in result.items()))
+            metrics.record(step, **result)
+        if step % args.ckpt_every == 0:
+            save()
+
+    save()
+    result = evaluate(model, val_images, device)
+    metrics.record(step, final=True, **result)
+    logger.info("finished at step %d after %.1f min: %s", step, budget.spent / 60, " ".join(f"{k}={v:.4g}" for k, v in result.items()))
+
+    if args.export is not None:
+        metadata = {"steps": step, "train_minutes": round(budget.spent / 60, 1), "data": args.data, "distill": not args.no_distill, **result}
+        path = save_tokenizer(model.cpu().eval(), args.export, metadata=metadata)
+        logger.info("exported tokenizer weights to %s (%.1f MB)", path, path.stat().st_size / 1e6)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
