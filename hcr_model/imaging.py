@@ -53,7 +53,8 @@ def uint8_to_tensor(rgb: np.ndarray) -> torch.Tensor:
         array = np.repeat(array[:, :, None], 3, axis=2)
     if array.ndim != 3 or array.shape[2] != 3:
         raise ValueError(f"expected an (H, W, 3) or (H, W) image, got shape {array.shape}")
-    return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1).unsqueeze(0).float().div(255.0)
+    # The copy keeps torch from sharing (and warning about) a read-only buffer, e.g. np.asarray(PIL image).
+    return torch.from_numpy(np.array(array, dtype=np.uint8, order="C", copy=True)).permute(2, 0, 1).unsqueeze(0).float().div(255.0)
 
 
 def tensor_to_uint8(x: torch.Tensor) -> np.ndarray:

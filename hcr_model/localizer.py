@@ -59,8 +59,8 @@ class Localizer(nn.Module):
     """U-Net over (image, upsampled evidence) with the raw evidence re-injected at R/8.
 
     Input: ``x`` (B, 3, H, W) in [0, 1] and ``evidence`` (B, 1, H/8, W/8) in
-    [0, 1], with H and W multiples of 16 (256 in the audit; training uses
-    crops). Output: tamper logits (B, 1, H, W).
+    [0, 1]. H and W are multiples of 16: 256 in the audit, smaller crops in
+    training. Output: tamper logits (B, 1, H, W).
 
     The network never convolves at full resolution, which is what keeps it
     cheap on CPU: a pixel-unshuffle stem folds each 2×2 patch into channels

@@ -15,8 +15,8 @@ layout with a random recovered depth (`compose_inputs`), so each inference step
 looks like a training sample.
 
 Token-level masks use the any-overlap rule: a token is masked when any pixel of
-its cell is masked, with cell (i, j) of scale s covering rows
-[floor(i R / s), ceil((i + 1) R / s)) and the same for columns. This is what
+its cell is masked. Cell (i, j) of scale s covers rows
+[floor(i R / s), ceil((i + 1) R / s)) and the same columns. This is what
 `adaptive_max_pool2d` computes, and it also handles scales that do not divide R
 (3, 6, 12 at R = 256).
 """
@@ -49,7 +49,7 @@ class RecoveryConfig:
     scales: tuple[int, ...] = (1, 2, 3, 4, 6, 8, 12, 16)  # tokens per side, coarsest first
     n_code_scales: int = 3  # S: scales carried by the payload's hidden code
     vocab_size: int = 1024  # tokenizer codebook size; [MASK] is index vocab_size
-    dim: int = 192
+    dim: int = 128
     depth: int = 4  # Transformer blocks
     heads: int = 4
     mlp_ratio: float = 4.0
@@ -349,12 +349,12 @@ def composite(received: torch.Tensor, decoded: torch.Tensor, mask: torch.Tensor,
 
     received, decoded: (B, 3, H, W) in [0, 1]; mask: (B, 1, H, W) bool.
     The decoder's colours drift from the real image, which leaves a seam at
-    the mask edge. Inside a band of band_px pixels along the edge, the decoded
-    pixels are shifted by the local received-minus-decoded difference measured
-    on the authentic pixels just outside the mask (normalised box filter), with
-    a weight that fades from 1 at the edge to 0 at band_px. Tampered pixels
-    inside the mask are never mixed in, and pixels outside the mask are
-    returned bit-identical to `received`.
+    the mask edge. So inside a band of band_px pixels along the edge, the
+    decoded pixels are shifted by the local received-minus-decoded difference.
+    That difference is measured on the authentic pixels just outside the mask
+    (normalised box filter), and its weight fades from 1 at the edge to 0 at
+    band_px. Tampered pixels inside the mask are never mixed in, and pixels
+    outside the mask are returned bit-identical to `received`.
     """
     if mask.dtype != torch.bool:
         mask = mask > 0.5
@@ -403,13 +403,19 @@ def save_recovery(model: RecoveryTransformer, path: str | Path, metadata: dict |
     torch.save(payload, Path(path))
 
 
-def load_recovery(path: str | Path, map_location: str | torch.device = "cpu") -> RecoveryTransformer:
-    """Load a weights file written by `save_recovery` (a file path, or a shipped version name such as "v1")."""
-    path = Path(path)
-    if not path.suffix and not path.exists():
-        from hcr_model.bundle import weights_dir
+def _resolve_path(path_or_version: str | Path) -> Path:
+    """Map a shipped version name ("v1") to its weights file; leave file paths as they are."""
+    path = Path(path_or_version)
+    if path.suffix or path.exists():
+        return path
+    from hcr_model.bundle import weights_dir
 
-        path = weights_dir(str(path)) / "recovery.pt"
+    return weights_dir(str(path_or_version)) / "recovery.pt"
+
+
+def load_recovery(path_or_version: str | Path = "v1", map_location: str | torch.device = "cpu") -> RecoveryTransformer:
+    """Load a weights file written by `save_recovery` (a file path, or a shipped version name such as "v1")."""
+    path = _resolve_path(path_or_version)
     if not path.is_file():
         raise FileNotFoundError(f"recovery weights not found: {path}; train them with `hcr train recovery`")
     payload = torch.load(path, map_location=map_location, weights_only=True)

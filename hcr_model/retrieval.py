@@ -16,9 +16,9 @@ Index choice by registry size:
   the probed lists. `scripts/measure_recovery.py` measures its top-1 against
   exact search.
 
-Codes are packed MSB first (`numpy.packbits` with bitorder "big"), so bit i
-of the hidden code is bit 7 - i % 8 of byte i // 8, and a 140-bit code takes
-18 bytes with the last 4 bits zero.
+Codes are packed MSB first (`numpy.packbits` with bitorder "big"): bit i of
+the hidden code is bit 7 - i % 8 of byte i // 8. A 140-bit code takes 18
+bytes, and the last 4 bits are zero.
 """
 
 from __future__ import annotations

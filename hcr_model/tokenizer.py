@@ -231,7 +231,9 @@ class MultiScaleVQ(nn.Module):
         b, c, h, w = r.shape
         flat = r.permute(0, 2, 3, 1).reshape(-1, c).float()
         book = self.codebooks[k]
-        dist = flat.pow(2).sum(1, keepdim=True) - 2.0 * flat @ book.t() + book.pow(2).sum(1)[None]
+        # fp32 even under autocast: bf16 distances would pick wrong neighbours.
+        with torch.autocast(device_type=r.device.type, enabled=False):
+            dist = flat.pow(2).sum(1, keepdim=True) - 2.0 * flat @ book.t() + book.pow(2).sum(1)[None]
         return dist.argmin(dim=1).view(b, h, w)
 
     def _lookup(self, k: int, idx: torch.Tensor) -> torch.Tensor:
@@ -288,6 +290,7 @@ class MultiScaleVQ(nn.Module):
         return QuantizeOutput(tokens, contributions, commitment / n, refine_loss / n)
 
     @torch.no_grad()
+    @torch.autocast(device_type="cuda", enabled=False)
     def _ema_update(self, k: int, r: torch.Tensor, idx: torch.Tensor) -> None:
         c = self.cfg
         flat = r.permute(0, 2, 3, 1).reshape(-1, c.code_dim).float()
@@ -328,12 +331,14 @@ class MultiScaleVQ(nn.Module):
         self.ema_initialized.fill_(True)
 
     @torch.no_grad()
-    def restart_dead_codes(self, f: torch.Tensor, min_share: float = 0.03, generator: torch.Generator | None = None) -> list[int]:
-        """Move rarely used entries onto residual vectors of the batch latents f (B, C, h, w).
+    def restart_dead_codes(self, f: torch.Tensor, min_share: float = 0.1) -> list[int]:
+        """Move rarely used entries onto the worst-quantized residual vectors of the batch latents f (B, C, h, w).
 
         An entry is dead when its EMA assignment count is below ``min_share``
-        of the uniform share (assignments per step / codebook size). Returns
-        the number of restarted entries per scale.
+        of the uniform share (assignments per step / codebook size). At most
+        one entry per batch vector is restarted per call, so the coarse scales
+        (a few vectors per batch) do not copy one vector into hundreds of
+        entries. Returns the number of restarted entries per scale.
         """
         c = self.cfg
         latent_hw = tuple(f.shape[-2:])
@@ -342,17 +347,20 @@ class MultiScaleVQ(nn.Module):
         for k, size in enumerate(self.scale_sizes(latent_hw)):
             r = F.adaptive_avg_pool2d(residual, size)
             flat = r.permute(0, 2, 3, 1).reshape(-1, c.code_dim)
+            idx = self._nearest(k, r)
             uniform = flat.shape[0] / c.codebook_size
             dead = (self.ema_cluster_size[k] < min_share * uniform).nonzero().flatten()
-            if dead.numel() > 0:
-                pick = torch.randint(0, flat.shape[0], (dead.numel(),), generator=generator, device=flat.device)
-                noise = torch.randn(dead.numel(), c.code_dim, generator=generator, device=flat.device)
-                vectors = flat[pick] + noise * flat.std().clamp_min(1e-3) * 0.05
+
+            count = min(dead.numel(), flat.shape[0])
+            if count > 0:
+                # The least used entries move onto the vectors the codebook fits worst.
+                dead = dead[self.ema_cluster_size[k][dead].argsort()[:count]]
+                error = (flat - self.codebooks[k][idx.reshape(-1)]).pow(2).sum(1)
+                vectors = flat[error.argsort(descending=True)[:count]]
                 self.codebooks[k][dead] = vectors
                 self.ema_cluster_size[k][dead] = uniform
                 self.ema_embed_sum[k][dead] = vectors * uniform
-            restarted.append(int(dead.numel()))
-            idx = self._nearest(k, r)
+            restarted.append(count)
             residual = residual - self.refine[k](self._upsample(self._lookup(k, idx), latent_hw))
         return restarted
 

@@ -166,6 +166,9 @@ def tamper(
         raise ValueError(f"unknown tamper kind {kind!r}; expected one of {TAMPER_KINDS}")
     if kind == "splice" and donor is None:
         raise ValueError("kind 'splice' needs a donor image")
+    # OpenCV needs C-contiguous arrays; flipped or sliced views are copied.
+    image = np.ascontiguousarray(image)
+    donor = np.ascontiguousarray(donor) if donor is not None else None
 
     height, width = image.shape[:2]
     region = region_mask(height, width, shape, area, rng)
@@ -176,10 +179,12 @@ def tamper(
         mask = region
 
     # Compositing through the mask is what makes the mask exact: every pixel
-    # outside it keeps the input's bytes.
-    out = np.where(mask[..., None], edited, image)
+    # outside it keeps the input's bytes. cv2.copyTo is ~40x faster than
+    # np.where here.
+    out = cv2.copyTo(np.ascontiguousarray(edited), mask.view(np.uint8), image.copy())
     n_mask = int(mask.sum())
-    changed = np.any(out != image, axis=2) & mask
+    differs = out != image
+    changed = (differs[..., 0] | differs[..., 1] | differs[..., 2]) & mask
     return TamperResult(
         image=out,
         mask=mask,
@@ -276,8 +281,20 @@ def _erase(image, region, rng, donor):
 
 def _blur(image, region, rng, donor):
     """Gaussian-blur the region with sigma 2-6 px at 256 px, scaled with image size."""
-    sigma = rng.uniform(2.0, 6.0) * min(image.shape[:2]) / 256
-    return cv2.GaussianBlur(image, (0, 0), sigmaX=max(sigma, 1.0), borderType=cv2.BORDER_REFLECT_101)
+    sigma = max(1.0, rng.uniform(2.0, 6.0) * min(image.shape[:2]) / 256)
+
+    # Blurring the region's bounding box plus the kernel's reach gives the
+    # same pixels inside the region as blurring the whole image.
+    height, width = image.shape[:2]
+    ys, xs = np.nonzero(region)
+    reach = int(math.ceil(4 * sigma)) + 1
+    y0, y1 = max(0, ys.min() - reach), min(height, ys.max() + 1 + reach)
+    x0, x1 = max(0, xs.min() - reach), min(width, xs.max() + 1 + reach)
+    edited = image.copy()
+    edited[y0:y1, x0:x1] = cv2.GaussianBlur(
+        image[y0:y1, x0:x1], (0, 0), sigmaX=sigma, borderType=cv2.BORDER_REFLECT_101
+    )
+    return edited
 
 
 def _recolor(image, region, rng, donor):
@@ -316,21 +333,25 @@ def _render_text(
             line = line.rsplit(" ", 1)[0]
         lines.append(line)
 
-    # The alpha layer gives the antialiased glyph coverage in [0, 255].
-    alpha_img = Image.new("L", (image.shape[1], image.shape[0]), 0)
+    # Rendering works on the region's bounding box only. The alpha layer is
+    # the antialiased glyph coverage in [0, 255].
+    alpha_img = Image.new("L", (int(box_w), int(box_h)), 0)
     draw = ImageDraw.Draw(alpha_img)
     for i, line in enumerate(lines):
-        draw.text((int(x0), int(y0 + i * box_h / n_lines)), line, fill=255, font=font)
-    alpha = np.asarray(alpha_img, dtype=np.float32)[..., None] / 255.0
-    alpha = alpha * region[..., None]
+        draw.text((0, int(i * box_h / n_lines)), line, fill=255, font=font)
+    box_region = region[y0:y1, x0:x1]
+    alpha = np.asarray(alpha_img, dtype=np.float32) / 255.0 * box_region
 
     # Dark text on bright content and bright text on dark, with a random hue.
-    base = image[region].mean() if region.any() else 128.0
+    box = image[y0:y1, x0:x1]
+    base = box[box_region].mean()
     colour = rng.integers(0, 80, size=3) if base > 127 else rng.integers(176, 256, size=3)
-    edited = image.astype(np.float32) * (1 - alpha) + colour.astype(np.float32) * alpha
-    edited = np.round(edited).astype(np.uint8)
+    blended = box.astype(np.float32) * (1 - alpha[..., None]) + colour.astype(np.float32) * alpha[..., None]
+    edited = image.copy()
+    edited[y0:y1, x0:x1] = np.round(blended).astype(np.uint8)
 
-    glyphs = (alpha[..., 0] > 0).astype(np.uint8)
+    glyphs = np.zeros(region.shape, dtype=np.uint8)
+    glyphs[y0:y1, x0:x1] = alpha > 0
     mask = cv2.dilate(glyphs, np.ones((3, 3), np.uint8)).astype(bool) & region
     return edited, mask
 
@@ -367,8 +388,10 @@ def random_tamper_batch(
     if images.ndim != 4 or images.shape[1] != 3:
         raise ValueError(f"images must be (B, 3, H, W), got {tuple(images.shape)}")
     batch = images.shape[0]
+    # Channels-last and contiguous, so each image is a plain OpenCV array.
     as_uint8 = (
-        (images.detach().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+        (images.detach() * 255).round_().clamp_(0, 255).to(torch.uint8)
+        .permute(0, 2, 3, 1).contiguous().cpu().numpy()
     )
 
     edited = np.empty_like(as_uint8)
@@ -389,7 +412,7 @@ def random_tamper_batch(
         edited[i] = result.image
         masks[i] = result.mask
 
-    edited_t = torch.from_numpy(edited).to(images.device).permute(0, 3, 1, 2).to(images.dtype) / 255
+    edited_t = torch.from_numpy(edited).to(images.device).permute(0, 3, 1, 2).to(images.dtype).div_(255)
     masks_t = torch.from_numpy(masks).to(images.device)[:, None]
     tampered = torch.where(masks_t, edited_t, images)
     return tampered, masks_t.to(images.dtype)

@@ -6,9 +6,9 @@ Steps, each skipped when its output already exists:
    ``apt-get update`` when the package lists are missing or stale);
 2. ``dpkg -x`` each ``.deb`` into ``<cache>/data/debs/<package>/`` (nothing
    is installed system-wide);
-3. for every row of the pinned ``manifest.csv``: read the original bytes (a
-   file, or a member of a gcompris ``.rcc`` bundle), check their SHA-256,
-   and write a normalized copy to ``<cache>/data/photos/<photo_id>.jpg``:
+3. for every row of the pinned ``manifest.csv``, read the original bytes (a
+   file, or a member of a gcompris ``.rcc`` bundle) and check their SHA-256.
+   Then write a normalized copy to ``<cache>/data/photos/<photo_id>.jpg``:
    RGB, EXIF orientation applied, shorter side at most 512 px, JPEG
    quality 95.
 
@@ -39,17 +39,20 @@ from hcr_model.data.qres import QresBundle, QresError
 
 log = logging.getLogger(__name__)
 
-PACKAGES = [
-    "mate-backgrounds",
-    "lxqt-themes",
-    "lomiri-wallpapers-16.04",
-    "plasma-workspace-wallpapers",
-    "gcompris-qt-data",
-    "scratch",
-    "tuxpaint-data",
-    "tuxtype-data",
-    "kalzium-data",
-]
+# Debian package -> pinned version. The manifest pins the SHA-256 of files
+# from exactly these versions (Debian 12 "bookworm"), so the build requests them.
+PACKAGE_VERSIONS = {
+    "mate-backgrounds": "1.26.0-1",
+    "lxqt-themes": "1.2.0-1",
+    "lomiri-wallpapers-16.04": "20.04.0-2",
+    "plasma-workspace-wallpapers": "4:5.27.5-2",
+    "gcompris-qt-data": "3.1-2",
+    "scratch": "1.4.0.6~dfsg1-6.1",
+    "tuxpaint-data": "1:0.9.28-sdl2-1",
+    "tuxtype-data": "1.8.3-5.1",
+    "kalzium-data": "4:22.12.3-1",
+}
+PACKAGES = list(PACKAGE_VERSIONS)
 
 MANIFEST_PATH = Path(__file__).with_name("manifest.csv")
 MAX_SHORT_SIDE = 512  # px; the shorter side of each cached copy
@@ -81,40 +84,49 @@ def _run(command: list[str], cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(command, cwd=cwd, capture_output=True, text=True, check=False)
 
 
-def _find_deb(apt_dir: Path, package: str) -> Path | None:
-    debs = sorted(apt_dir.glob(f"{package}_*.deb"))
+def _deb_name(package: str, version: str) -> str:
+    # apt-get download names files <package>_<version>_<arch>.deb with the
+    # epoch colon URL-encoded.
+    return f"{package}_{version.replace(':', '%3a')}_"
+
+
+def _find_deb(apt_dir: Path, package: str, version: str) -> Path | None:
+    debs = sorted(apt_dir.glob(f"{_deb_name(package, version)}*.deb"))
     return debs[-1] if debs else None
 
 
-def download_package(package: str, apt_dir: Path) -> Path:
-    """Return the cached ``.deb`` of ``package``, downloading it when absent."""
+def download_package(package: str, apt_dir: Path, version: str | None = None) -> Path:
+    """Return the cached ``.deb`` of ``package`` at ``version`` (default: the pinned one), downloading it when absent."""
+    version = version or PACKAGE_VERSIONS[package]
     apt_dir.mkdir(parents=True, exist_ok=True)
-    deb = _find_deb(apt_dir, package)
+    deb = _find_deb(apt_dir, package, version)
     if deb is not None:
         return deb
     if shutil.which("apt-get") is None:
         raise BuildError(
-            f"{package}: apt-get not found. Build on a Debian or Ubuntu machine, or copy {package}_*.deb into {apt_dir}"
+            f"{package}: apt-get not found. Build on a Debian or Ubuntu machine, "
+            f"or copy {_deb_name(package, version)}*.deb into {apt_dir}"
         )
 
-    result = _run(["apt-get", "download", package], apt_dir)
+    request = f"{package}={version}"
+    result = _run(["apt-get", "download", request], apt_dir)
     if result.returncode != 0:
         # A fresh machine has no package lists, and old lists name versions
         # the mirror no longer has: refresh them once and retry.
-        log.info("apt-get download %s failed (%s); running apt-get update", package, result.stderr.strip()[-200:])
+        log.info("apt-get download %s failed (%s); running apt-get update", request, result.stderr.strip()[-200:])
         update = _run(["apt-get", "update"], apt_dir)
         if update.returncode != 0:
             raise BuildError(
                 f"{package}: apt-get update failed: {update.stderr.strip()[-500:]}\n"
                 "Run `apt-get update` as root, then rerun `hcr data build`."
             )
-        result = _run(["apt-get", "download", package], apt_dir)
-    deb = _find_deb(apt_dir, package)
+        result = _run(["apt-get", "download", request], apt_dir)
+    deb = _find_deb(apt_dir, package, version)
     if result.returncode != 0 or deb is None:
         raise BuildError(
-            f"{package}: apt-get download failed: {result.stderr.strip()[-500:]}\n"
-            f"Check that the Debian archive is reachable and lists {package}, "
-            f"or copy {package}_*.deb into {apt_dir}."
+            f"{package}: apt-get download {request} failed: {result.stderr.strip()[-500:]}\n"
+            f"The manifest needs exactly version {version} (Debian 12 bookworm). Add a bookworm "
+            f"apt source, or copy {_deb_name(package, version)}*.deb into {apt_dir}."
         )
     return deb
 
@@ -147,7 +159,7 @@ def unpack_package(package: str, deb: Path, debs_dir: Path) -> Path:
 
 
 def fetch_packages(cache: Path, packages: list[str]) -> Path:
-    """Download and unpack ``packages``; return the folder that holds them unpacked."""
+    """Download and unpack ``packages``; return the folder that contains them unpacked."""
     apt_dir = cache / "data" / "apt"
     debs_dir = cache / "data" / "debs"
     for package in tqdm(packages, desc="packages", unit="pkg"):
@@ -267,7 +279,7 @@ def write_manifest(rows: list[dict[str, str]], path: Path) -> None:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hcr data build",
-        description="Fetch the Debian packages that hold the benchmark photos and write normalized "
+        description="Fetch the Debian packages that contain the benchmark photos and write normalized "
         "copies to <cache>/data/photos/. Reruns skip what is already there.",
     )
     parser.add_argument(

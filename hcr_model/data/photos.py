@@ -119,7 +119,7 @@ class TileDataset(Dataset):
     Decoded photos stay in memory after their first use, as uint8 RGB. The
     cached copies have a shorter side of at most 512 px (about 0.7 MB
     decoded), so the built set takes 0.31 GB (train 0.25 GB), measured on
-    the 437-photo manifest. Each DataLoader worker holds its own copy unless
+    the 437-photo manifest. Each DataLoader worker keeps its own copy unless
     ``preload()`` runs before the workers fork.
     """
 

@@ -2,9 +2,9 @@
 
 Layout (big-endian throughout), as written by Qt's ``rcc --binary``:
 
-- header: ``b"qres"``, format version (u32, 1 to 3), tree offset, data
-  offset and names offset (u32 each, from the start of the file); version 3
-  adds a u32 of bundle-wide flags.
+- header: ``b"qres"``, then four u32: format version (1 to 3), tree offset,
+  data offset and names offset, each offset from the start of the file.
+  Version 3 adds a u32 of bundle-wide flags.
 - tree: fixed-size entries, 14 bytes each in version 1 and 22 bytes from
   version 2 on (an extra u64 modification time in ms). An entry is a name
   offset (u32), flags (u16), then for a directory the child count (u32) and
@@ -12,7 +12,7 @@ Layout (big-endian throughout), as written by Qt's ``rcc --binary``:
   language (u16) and data offset (u32). Entry 0 is the root directory.
 - names: u16 length in UTF-16 code units, u32 name hash, UTF-16-BE text.
 - data: u32 size, then that many bytes. A zlib-compressed entry (flag 0x1)
-  holds ``qCompress`` output: a u32 uncompressed size, then a zlib stream.
+  contains ``qCompress`` output: a u32 uncompressed size, then a zlib stream.
   Flag 0x4 marks a zstd-compressed entry, which this reader rejects.
 """
 
@@ -107,7 +107,7 @@ class QresBundle:
                 raise QresError(f"{self._name}: member {member!r} has a corrupt zlib stream: {exc}") from exc
             if len(blob) != expected:
                 raise QresError(
-                    f"{self._name}: member {member!r} decompressed to {len(blob)} bytes, header says {expected}"
+                    f"{self._name}: member {member!r} decompressed to {len(blob)} bytes, expected {expected}"
                 )
         return blob
 

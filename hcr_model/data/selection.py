@@ -86,8 +86,8 @@ PLASMA_PHOTOS = {
 
 # gcompris: (bundle, member glob, category). Folders left out on purpose:
 # lang, paintings, babyshapes, chronos, leftright, louis-braille and the
-# clickgame fish sprites are drawings or cut-outs; solar_system holds
-# rendered planet discs on black; details holds paintings and 74 px crops
+# clickgame fish sprites are drawings or cut-outs. solar_system contains
+# rendered planet discs on black. details contains paintings and 74 px crops
 # of its backgrounds, so only its photographed backgrounds are kept.
 GCOMPRIS_RULES = [
     ("categorization.rcc", "*/categorization/resource/images/fishes/*.webp", "fishes"),
@@ -223,7 +223,11 @@ def _gcompris(debs: Path) -> Iterator[Candidate]:
         if member not in details:
             raise FileNotFoundError(f"gcompris-qt-data: details.rcc has no member {member}")
         yield Candidate(
-            "gcompris-qt-data", f"{GCOMPRIS_RCC}/details.rcc", member, "monuments", photo_id=_slug(f"gcompris-details-{name}")
+            "gcompris-qt-data",
+            f"{GCOMPRIS_RCC}/details.rcc",
+            member,
+            "monuments",
+            photo_id=_slug(f"gcompris-details-{name}"),
         )
 
 
@@ -245,7 +249,7 @@ def _small_packages(debs: Path) -> Iterator[Candidate]:
         rel = path.relative_to(tuxtype).as_posix()
         yield Candidate("tuxtype-data", rel, "", "nature", photo_id=_slug(f"tuxtype-{path.stem}"))
 
-    # The toolpics folder holds JPEG photos plus one PNG line drawing
+    # The toolpics folder contains JPEG photos plus one PNG line drawing
     # (kolbenprober.png), which is left out.
     kalzium = debs / "kalzium-data"
     for path in _files(kalzium / "usr/share/kalzium/data/toolpics", "*.jpg"):
@@ -330,6 +334,9 @@ def assign_licenses(candidates: list[Candidate], debs: Path) -> None:
                 raise ValueError("tuxtype-data: copyright file no longer states GPL version 2; check it by hand")
             license_name = "GPL-2"
         elif cand.package == "gcompris-qt-data":
+            # NOTE: gcompris 3.1's copyright file lists older file names for
+            # several folders (erase, explore_*), so those photos fall back to
+            # its "Files: *" stanza (GPL-3+); upstream credits may differ.
             license_name = _match_dep5(stanzas, cand.member.removeprefix("gcompris/"))
         elif cand.package == "mate-backgrounds":
             license_name = _match_dep5(stanzas, cand.path.removeprefix("usr/share/backgrounds/mate/"))
@@ -381,7 +388,7 @@ def drop_near_duplicates(candidates: list[Candidate], data: dict[str, bytes]) ->
         digest, thumb = _fingerprint(data[cand.photo_id])
         twin = None
         for other, other_digest, other_thumb in kept:
-            close_hash = bin(digest ^ other_digest).count("1") <= NEAR_DUPLICATE_BITS
+            close_hash = (digest ^ other_digest).bit_count() <= NEAR_DUPLICATE_BITS
             if close_hash and float(np.abs(thumb - other_thumb).mean()) < NEAR_DUPLICATE_MEAN_ERROR:
                 twin = other
                 break

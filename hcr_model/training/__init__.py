@@ -1,0 +1,1 @@
+"""Training entry points (`hcr train tokenizer|localizer|recovery`) and their shared pieces."""

@@ -1,10 +1,10 @@
 """Train and calibrate the tamper localizer (`hcr train localizer`).
 
-Training samples are built on the fly, the way an audit sees images:
+Training samples are built on the fly, as an audit receives images:
 
 1. fresh augmented train-split tiles (R × R) get a payload of random
    hidden-code bits (`PayloadCodec.encode`), are watermarked by the DCT
-   carrier and rounded to uint8, as a saved file holds them;
+   carrier and rounded to uint8, as a saved file stores them;
 2. with probability ``--tamper-prob`` a random edit from the benchmark's
    tampering generator (kind, shape and area recorded), else untouched;
 3. one attack of the evaluation grid (real Pillow JPEG, Pillow resizing,
@@ -209,7 +209,7 @@ class SampleMaker:
         """Watermark (B, 3, R, R) originals with random payloads.
 
         Returns the protected images as uint8 (B, 3, R, R), as a saved file
-        holds them, and the carrier bits (B, N) uint8.
+        stores them, and the carrier bits (B, N) uint8.
         """
         codes = rng.integers(0, 2, size=(originals.shape[0], self.codec.code_bits), dtype=np.uint8)
         bits = self.codec.encode_batch(PAYLOAD_VERSION, codes)
@@ -467,6 +467,15 @@ def probability_histograms(probability: torch.Tensor, target: torch.Tensor) -> t
     return positive.numpy(), negative.numpy()
 
 
+def _pixels_from_bin(histograms: np.ndarray) -> np.ndarray:
+    """Return (N_BINS,) pixel counts in bins k and above, summed over images.
+
+    Bins k and above contain the probabilities >= k / N_BINS: the mask
+    ``probability > k / N_BINS`` up to exact ties.
+    """
+    return np.cumsum(histograms.sum(0)[::-1])[::-1]
+
+
 def choose_threshold(tampered: tuple[np.ndarray, np.ndarray], clean: tuple[np.ndarray, np.ndarray], max_fpr: float) -> dict[str, float]:
     """Pick the threshold with the best pooled pixel F1 on tampered images among those whose
     pooled false-positive rate on clean images is at most ``max_fpr``.
@@ -474,11 +483,10 @@ def choose_threshold(tampered: tuple[np.ndarray, np.ndarray], clean: tuple[np.nd
     The mask is ``probability > threshold`` with thresholds on the bin edges
     k / N_BINS, so bins k and above count as positive.
     """
-    above = lambda counts: np.cumsum(counts.sum(0)[::-1])[::-1]  # noqa: E731 - pixels in bins >= k
-    tp = above(tampered[0])
-    fp = above(tampered[1])
+    tp = _pixels_from_bin(tampered[0])
+    fp = _pixels_from_bin(tampered[1])
     fn = tampered[0].sum() - tp
-    clean_fp = above(clean[1])
+    clean_fp = _pixels_from_bin(clean[1])
     clean_fpr = clean_fp / max(clean[1].sum(), 1)
     f1 = 2 * tp / np.maximum(2 * tp + fp + fn, 1)
 
@@ -488,7 +496,6 @@ def choose_threshold(tampered: tuple[np.ndarray, np.ndarray], clean: tuple[np.nd
         raise RuntimeError(f"no threshold keeps the clean false-positive rate at or below {max_fpr}")
     best = int(feasible[np.argmax(f1[feasible])])
     iou = tp[best] / max(tp[best] + fp[best] + fn[best], 1)
-    # Bin k holds probabilities in [k, k+1) / N_BINS, so "> (k - 1 + 1) / N_BINS" up to ties.
     return {
         "threshold": best / N_BINS,
         "val_pixel_f1": float(f1[best]),

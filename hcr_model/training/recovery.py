@@ -1,11 +1,12 @@
 """Train the mask-conditioned recovery Transformer (`hcr train recovery`).
 
 Data. The tokenizer is frozen, so token pyramids are computed once and cached
-under ``$HCR_CACHE/recovery/``: for every training photo, its canonical R × R
-squash plus augmented crops, each encoded clean and once more after a random
-edit from the benchmark's tampering generator (3-40 % area, JPEG 75 after the
-edit for a share of them), encoded with the clean hidden code as the
-teacher-forced prefix, exactly as an audit encodes a received image.
+under ``$HCR_CACHE/recovery/``. Every training photo gives its canonical R × R
+squash plus augmented crops. Each of these is encoded clean, and once more
+after a random edit from the benchmark's tampering generator (3-40 % area,
+JPEG 75 after the edit for a share of them). The edited image is encoded with
+the clean hidden code as the teacher-forced prefix, as an audit encodes a
+received image.
 
 Samples. Each training sample takes one cached pyramid and either
 - its tampered version (received tokens from the edited image, mask = the
@@ -48,6 +49,7 @@ from hcr_model.recovery import (
     compose_inputs,
     flatten_pyramid,
     save_recovery,
+    split_pyramid,
     token_masks,
 )
 from hcr_model.tokenizer import MultiScaleVQ, load_tokenizer
@@ -85,8 +87,9 @@ class TokenSet:
     """Cached pyramids, flattened to L positions (int16 tokens, bool masks)."""
 
     clean: torch.Tensor  # (N, L) tokens of the clean image
-    received: torch.Tensor  # (N, L) tokens of the edited image, clean code as prefix
-    masked: torch.Tensor  # (N, L) token mask of the edit (any-overlap rule)
+    received: torch.Tensor  # (N, L) tokens of the edited image, clean code as prefix (clean tokens when not edited)
+    masked: torch.Tensor  # (N, L) token mask of the edit (any-overlap rule), all False when not edited
+    edited: torch.Tensor  # (N,) bool, rows that have an edited encoding
 
 
 def _file_digest(path: Path) -> str:
@@ -94,7 +97,7 @@ def _file_digest(path: Path) -> str:
 
 
 def _photo_image(photo: torch.Tensor, crop_index: int, sampler: CropSampler, resolution: int) -> torch.Tensor:
-    """Crop 0 of a photo is its canonical squash (what an audit sees); the others are augmented crops."""
+    """Return crop 0 of a photo as its canonical squash (the audit's input), the others as augmented crops."""
     if crop_index == 0:
         return canonical(photo, resolution)
     sampler.photos = [photo]  # draw from this photo only
@@ -106,11 +109,12 @@ def encode_photos(
     photos: list[torch.Tensor],
     crops_per_photo: int,
     jpeg_prob: float,
+    edit_share: float,
     seed: int,
     device: torch.device,
     batch_size: int = 16,
 ) -> TokenSet:
-    """Encode every photo's squash and crops, clean and after one random edit each.
+    """Encode every photo's squash and crops clean, and a share `edit_share` of them after a random edit.
 
     Batches mix photos in a shuffled order, so splice donors (the next image
     in the batch) come from other photos.
@@ -122,29 +126,36 @@ def encode_photos(
     order = [(i, c) for i in range(len(cached)) for c in range(crops_per_photo + 1)]
     random.Random(seed).shuffle(order)
 
-    clean, received, masked = [], [], []
+    clean, received, masked, edited = [], [], [], []
     started = time.monotonic()
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
         batch = torch.stack([_photo_image(cached[i], c, sampler, cfg.resolution) for i, c in chunk])
-        tampered, pixel_mask = random_tamper_batch(batch, rng, area=MASK_AREA)
-        if jpeg_prob > 0:
-            chosen = torch.from_numpy(rng.random(batch.shape[0]) < jpeg_prob)
-            if chosen.any():
-                tampered[chosen] = jpeg_pillow(tampered[chosen], 75)
+        tokens = flatten_pyramid(tokenizer.encode(batch.to(device))).cpu()
+        clean.append(tokens.short())
 
-        tokens = tokenizer.encode(batch.to(device))
-        edited_tokens = tokenizer.encode(tampered.to(device), prefix=tokens[: cfg.hidden_scales])
-        masks = token_masks(pixel_mask.bool(), cfg.scales, cfg.hidden_scales)
-        clean.append(flatten_pyramid(tokens).short().cpu())
-        received.append(flatten_pyramid(edited_tokens).short().cpu())
-        masked.append(flatten_pyramid(masks).cpu())
+        # Edit a share of the batch; the other rows keep their clean tokens and an empty mask.
+        chosen = torch.from_numpy(rng.random(batch.shape[0]) < edit_share)
+        rows_received = tokens.clone()
+        rows_masked = torch.zeros_like(tokens, dtype=torch.bool)
+        if chosen.any():
+            tampered, pixel_mask = random_tamper_batch(batch[chosen], rng, area=MASK_AREA)
+            jpeg = torch.from_numpy(rng.random(tampered.shape[0]) < jpeg_prob)
+            if jpeg.any():
+                tampered[jpeg] = jpeg_pillow(tampered[jpeg], 75)
+            code = [t.to(device) for t in split_pyramid(tokens[chosen], cfg.scales)[: cfg.hidden_scales]]
+            edited_tokens = tokenizer.encode(tampered.to(device), prefix=code)
+            rows_received[chosen] = flatten_pyramid(edited_tokens).cpu()
+            rows_masked[chosen] = flatten_pyramid(token_masks(pixel_mask.bool(), cfg.scales, cfg.hidden_scales))
+        received.append(rows_received.short())
+        masked.append(rows_masked)
+        edited.append(chosen)
 
         done = start + len(chunk)
         if (start // batch_size) % 20 == 19 or done == len(order):
             rate = done / (time.monotonic() - started)
             logger.info("encoded %d/%d images (%.2f images/s)", done, len(order), rate)
-    return TokenSet(torch.cat(clean), torch.cat(received), torch.cat(masked))
+    return TokenSet(torch.cat(clean), torch.cat(received), torch.cat(masked), torch.cat(edited))
 
 
 def load_token_cache(
@@ -154,13 +165,14 @@ def load_token_cache(
     split: str,
     crops_per_photo: int,
     jpeg_prob: float,
+    edit_share: float,
     seed: int,
     cache_dir: Path,
     device: torch.device,
     max_photos: int = 0,
 ) -> TokenSet:
     """Return the token pyramids of a split, computing and caching them on first use."""
-    name = f"{source}-{split}-tok{tokenizer_digest}-c{crops_per_photo}-j{jpeg_prob:g}-s{seed}-n{max_photos}.pt"
+    name = f"{source}-{split}-tok{tokenizer_digest}-c{crops_per_photo}-j{jpeg_prob:g}-e{edit_share:g}-s{seed}-n{max_photos}.pt"
     path = cache_dir / name
     if path.is_file():
         logger.info("loading cached token pyramids from %s", path)
@@ -169,8 +181,8 @@ def load_token_cache(
     photos = load_split(source, split)
     if max_photos:
         photos = photos[:max_photos]
-    logger.info("encoding %d %s photos (%s split), %d crops each", len(photos), source, split, crops_per_photo + 1)
-    tokens = encode_photos(tokenizer, photos, crops_per_photo, jpeg_prob, seed, device)
+    logger.info("encoding %d photos of the %s source (%s split), %d images each", len(photos), source, split, crops_per_photo + 1)
+    tokens = encode_photos(tokenizer, photos, crops_per_photo, jpeg_prob, edit_share, seed, device)
 
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
@@ -266,7 +278,7 @@ def sample_batch(
     received = clean.clone()
     masked = masks[torch.randint(0, masks.shape[0], (batch_size,), generator=generator)].clone()
 
-    use_tampered = torch.rand(batch_size, generator=generator) < tampered_prob
+    use_tampered = (torch.rand(batch_size, generator=generator) < tampered_prob) & tokens.edited[rows]
     received[use_tampered] = tokens.received[rows[use_tampered]]
     masked[use_tampered] = tokens.masked[rows[use_tampered]]
 
@@ -351,23 +363,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokenizer", type=str, default="v1", help="tokenizer weights: a shipped version name or a .pt path")
     p.add_argument("--minutes", type=float, default=40.0, help="total wall-clock budget in minutes across resumes, token caching included")
     p.add_argument("--max-steps", type=int, default=0, help="stop after this many steps (0: only the wall budget stops training)")
+
     p.add_argument("--data", choices=("photos", "fixtures"), default="photos", help="benchmark photos or the wheel fixture photos")
     p.add_argument("--max-photos", type=int, default=0, help="use at most this many photos per split (0: all)")
-    p.add_argument("--crops-per-photo", type=int, default=6, help="augmented R x R crops per training photo, besides its canonical squash")
+    p.add_argument("--crops-per-photo", type=int, default=3, help="augmented R x R crops per training photo, besides its canonical squash")
     p.add_argument("--val-crops-per-photo", type=int, default=1, help="augmented crops per validation photo")
+    p.add_argument("--edit-share", type=float, default=0.5, help="share of cached training images also encoded after a random edit")
     p.add_argument("--jpeg-prob", type=float, default=0.3, help="share of cached edits followed by JPEG quality 75")
+
     p.add_argument("--mask-bank", type=int, default=2048, help="random masks drawn once for clean samples")
-    p.add_argument("--tampered-prob", type=float, default=0.5, help="share of samples that use the cached edited tokens")
+    p.add_argument("--tampered-prob", type=float, default=0.5, help="share of samples drawn from edited rows that use the cached edited tokens")
     p.add_argument("--generate-prob", type=float, default=0.1, help="share of fully masked samples (unconditional generation)")
+
     p.add_argument("--batch-size", type=int, default=16, help="samples per step")
-    p.add_argument("--lr", type=float, default=6e-4, help="peak AdamW learning rate (cosine schedule over the wall budget)")
+    p.add_argument("--lr", type=float, default=1e-3, help="peak AdamW learning rate (cosine schedule over the wall budget)")
     p.add_argument("--weight-decay", type=float, default=0.05, help="AdamW weight decay")
-    p.add_argument("--dim", type=int, default=192, help="Transformer width")
+
+    p.add_argument("--dim", type=int, default=128, help="Transformer width")
     p.add_argument("--depth", type=int, default=4, help="Transformer blocks")
     p.add_argument("--heads", type=int, default=4, help="attention heads")
+
     p.add_argument("--log-every", type=int, default=20, help="steps between loss logs")
     p.add_argument("--ckpt-minutes", type=float, default=4.0, help="minutes between checkpoints")
     p.add_argument("--eval-every", type=int, default=200, help="steps between validation measurements")
+
     p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch default)")
     p.add_argument("--device", type=str, default=None, help="torch device (default: cuda when present, else cpu)")
@@ -417,10 +436,13 @@ def main(argv: list[str] | None = None) -> int:
 
     cache_dir = cache / "recovery"
     train_tokens = load_token_cache(
-        tokenizer, digest, args.data, "train", args.crops_per_photo, args.jpeg_prob, args.seed, cache_dir, device, args.max_photos
+        tokenizer, digest, args.data, "train", args.crops_per_photo, args.jpeg_prob, args.edit_share,
+        args.seed, cache_dir, device, args.max_photos,
     )
+    # Every validation image is edited: validation measures recovery under real edits only.
     val_tokens = load_token_cache(
-        tokenizer, digest, args.data, "val", args.val_crops_per_photo, args.jpeg_prob, args.seed + 1, cache_dir, device, args.max_photos
+        tokenizer, digest, args.data, "val", args.val_crops_per_photo, args.jpeg_prob, 1.0,
+        args.seed + 1, cache_dir, device, args.max_photos,
     )
     del tokenizer
     bank_path = cache_dir / f"masks-r{tcfg.resolution}-n{args.mask_bank}-s{args.seed}-{'x'.join(map(str, config.scales))}.pt"

@@ -63,7 +63,7 @@ def _to_chw_float(image) -> torch.Tensor:
 
 
 def cache_photo(photo: torch.Tensor, max_short: int) -> torch.Tensor:
-    """Downscale a photo (3, H, W) in [0, 1] so its short side is at most ``max_short``; store it as uint8."""
+    """Downscale a photo (3, H, W) in [0, 1] to a shorter side of at most ``max_short`` and return it as uint8."""
     h, w = photo.shape[-2:]
     scale = max_short / min(h, w)
     if scale < 1.0:
@@ -107,7 +107,7 @@ class CropSampler:
     """Draws augmented square crops in [0, 1] from cached uint8 photos.
 
     At audit time a photo is squashed to R × R, so a crop carries about the
-    detail of the canonical image when the photo is first scaled to a short
+    detail of the canonical image when the photo is first scaled to a shorter
     side between R and 2R. Crops are drawn at that pixel density, flipped and
     colour-jittered.
     """
@@ -227,7 +227,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-distill", action="store_true", help="turn semantic distillation off (ablation)")
     p.add_argument("--teacher-size", type=int, default=160, help="input side of the MobileNetV2 teacher in pixels")
     p.add_argument("--drop-prob", type=float, default=0.3, help="share of images decoded from a random prefix of scales (quantizer dropout)")
-    p.add_argument("--restart-every", type=int, default=50, help="steps between dead-codebook-entry restarts")
+    p.add_argument("--restart-every", type=int, default=25, help="steps between dead-codebook-entry restarts")
+    p.add_argument(
+        "--dead-share",
+        type=float,
+        default=0.1,
+        help="an entry is dead below this share of the uniform EMA assignment count (tokens per step / codebook size)",
+    )
     p.add_argument("--log-every", type=int, default=25, help="steps between loss logs")
     p.add_argument("--ckpt-every", type=int, default=100, help="steps between checkpoints")
     p.add_argument("--eval-every", type=int, default=250, help="steps between validation measurements")
@@ -369,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
             for k, t in enumerate(out.tokens):
                 counts[k] += torch.bincount(t.flatten().cpu(), minlength=cfg.codebook_size)
         if args.restart_every and step % args.restart_every == 0:
-            restarted = model.restart_dead_codes(out.latent, generator=None)
+            restarted = model.restart_dead_codes(out.latent, min_share=args.dead_share)
             scalars["restarted"] = sum(restarted)
         metrics.add(items=count, **scalars)
 

@@ -117,6 +117,7 @@ class DctCarrier(WatermarkBackend):
         self.step = float(step)
         self.strength_floor = float(strength_floor)
         self.sync = sync
+        self.reliability_bins = 8
         self.key_id = key.key_id
         self.grid = resolution // BLOCK
         self.n_blocks = n_blocks
@@ -183,6 +184,14 @@ class DctCarrier(WatermarkBackend):
         if x.ndim != 4 or x.shape[1] != 3 or tuple(x.shape[-2:]) != (self.resolution, self.resolution):
             raise ValueError(f"expected images (B, 3, {self.resolution}, {self.resolution}), got {tuple(x.shape)}")
 
+    def block_texture(self, coefficients: torch.Tensor) -> torch.Tensor:
+        """(B, blocks, 64) DCT of luma -> (B, blocks) RMS of the AC coefficients outside the carrier band."""
+        tables = self._tables(coefficients.device, coefficients.dtype)
+        ac = coefficients.clone()
+        ac[:, :, 0] = 0
+        ac[:, :, tables["position_index"]] = 0
+        return ac.pow(2).sum(-1).sqrt()
+
     def strength_map(self, coefficients: torch.Tensor) -> torch.Tensor:
         """(B, blocks, 64) DCT of luma in grey levels -> (B, blocks) fraction of the QIM move to apply.
 
@@ -191,11 +200,7 @@ class DctCarrier(WatermarkBackend):
         blocks, more in dark ones. 1.0 in textured blocks, `strength_floor` in flat dark ones.
         """
         batch = coefficients.shape[0]
-        tables = self._tables(coefficients.device, coefficients.dtype)
-        ac = coefficients.clone()
-        ac[:, :, 0] = 0
-        ac[:, :, tables["position_index"]] = 0
-        texture = ac.pow(2).sum(-1).sqrt().view(batch, 1, self.grid, self.grid)
+        texture = self.block_texture(coefficients).view(batch, 1, self.grid, self.grid)
         texture = torch.nn.functional.avg_pool2d(texture, 3, stride=1, padding=1, count_include_pad=False).view(batch, -1)
         luminance = coefficients[:, :, 0] / BLOCK  # block mean in grey levels
 
@@ -242,30 +247,53 @@ class DctCarrier(WatermarkBackend):
         blur = torch.exp(-2 * math.pi**2 * sigmas.view(-1, 1) ** 2 * tables["frequency_sq"].view(1, -1))  # (sigmas, K)
         return (contrasts.view(-1, 1, 1) * blur.unsqueeze(0)).reshape(-1, len(self.positions))
 
-    def _read_slots(self, carrier: torch.Tensor, valid: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """(B, blocks, K) carrier coefficients -> per-slot soft bits at the best gain, and the lattice fit."""
+    def _read_slots(self, carrier: torch.Tensor, texture: torch.Tensor, valid: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """(B, blocks, K) carrier coefficients -> per-slot soft bits at the best gain, and the lattice fit.
+
+        `texture` (B, blocks) ranks blocks for the reliability weights; `valid`
+        (B, blocks) is 0 for blocks outside the image (after a crop).
+        """
         tables = self._tables(carrier.device)
-        gains = self._gain_grid(carrier.device)  # (G, K)
+        batch = carrier.shape[0]
+        inverse_gains = 1.0 / self._gain_grid(carrier.device)  # (G, K)
         weights = torch.ones(carrier.shape[:2], device=carrier.device) if valid is None else valid.float()
+
+        # projection(g) = sum_k direction_k * coefficient_k / gain_gk: one matmul over all gains.
+        terms = carrier.unsqueeze(2) * tables["directions"].unsqueeze(0)  # (B, blocks, S, K)
+        projections = terms @ inverse_gains.T  # (B, blocks, S, G)
+        phase = projections / self.step - tables["dither"].unsqueeze(-1)  # r, in lattice steps
 
         # Lattice fit per gain: mean cos(4 pi r) is 1 when every projection sits
         # on the union lattice (either bit) and ~0 for unmarked content.
-        best_fit = torch.full((carrier.shape[0],), -2.0, device=carrier.device)
-        best_phase = torch.zeros(carrier.shape[0], self.n_blocks, self.slots_per_block, device=carrier.device)
-        for chunk in torch.split(gains, 16):
-            scaled = carrier.unsqueeze(1) / chunk.view(1, -1, 1, len(self.positions))  # (B, g, blocks, K)
-            projection = torch.einsum("bgnk,nsk->bgns", scaled, tables["directions"])
-            phase = projection / self.step - tables["dither"]  # r, in lattice steps
-            fit_slots = torch.cos(4 * math.pi * phase) * weights.view(weights.shape[0], 1, -1, 1)
-            fit = fit_slots.sum(dim=(2, 3)) / (weights.sum(dim=1).view(-1, 1) * self.slots_per_block).clamp(min=1)
-            chunk_fit, chunk_best = fit.max(dim=1)
-            better = chunk_fit > best_fit
-            best_fit = torch.where(better, chunk_fit, best_fit)
-            picked = phase[torch.arange(phase.shape[0]), chunk_best]
-            best_phase = torch.where(better.view(-1, 1, 1), picked, best_phase)
+        slot_weights = weights.view(batch, -1, 1, 1)
+        fit = (torch.cos(4 * math.pi * phase) * slot_weights).sum(dim=(1, 2))
+        fit = fit / (weights.sum(dim=1, keepdim=True) * self.slots_per_block).clamp(min=1)  # (B, G)
+        best_fit, best = fit.max(dim=1)
+        best_phase = torch.gather(phase, 3, best.view(batch, 1, 1, 1).expand(-1, self.n_blocks, self.slots_per_block, 1))[..., 0]
 
         slot_soft = -torch.cos(2 * math.pi * best_phase)  # +1 on the bit-1 lattice, -1 on the bit-0 lattice
-        return {"slot_soft": slot_soft, "fit": best_fit, "weights": weights}
+        reliability = self._reliability(torch.cos(4 * math.pi * best_phase).mean(-1), texture, weights)
+        return {"slot_soft": slot_soft * weights.unsqueeze(-1), "fit": best_fit, "weights": weights, "reliability": reliability}
+
+    def _reliability(self, block_fit: torch.Tensor, texture: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """(B, blocks) weight of each block's slots when combining repetitions.
+
+        Which blocks an attack damages depends on the attack: blur and
+        downscaling leak textured neighbours into the carrier band, JPEG
+        erases weak detail in flat blocks. Blocks are binned by texture rank,
+        and each bin's mean lattice fit (the share of its slots that still sit
+        on the lattice, measured without knowing the bits) sets its weight.
+        """
+        batch, blocks = block_fit.shape
+        bins = self.reliability_bins
+        rank = texture.argsort(dim=1).argsort(dim=1)
+        bin_index = (rank * bins) // blocks  # (B, blocks) in 0..bins-1
+        total = torch.zeros(batch, bins, device=block_fit.device).scatter_add_(1, bin_index, block_fit * weights)
+        count = torch.zeros(batch, bins, device=block_fit.device).scatter_add_(1, bin_index, weights)
+        bin_fit = (total / count.clamp(min=1)).clamp(min=0.0, max=0.95)
+        # Odds-like weight: a bin whose slots all sit on the lattice dominates, a bin at chance gets ~0.
+        bin_weight = bin_fit / (1.0 - bin_fit)
+        return torch.gather(bin_weight, 1, bin_index) * weights
 
     def _combine(self, slot_soft: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """(B, blocks, S) slot readings -> (B, N) averaged soft bits (0 for a bit with no valid slot)."""
@@ -293,10 +321,10 @@ class DctCarrier(WatermarkBackend):
         tables = self._tables(work.device)
         luma = rgb_to_luma(work) * 255.0
         coefficients = blocks_dct(luma, tables["dct"])
-        reading = self._read_slots(coefficients[:, :, tables["position_index"]])
+        reading = self._read_slots(coefficients[:, :, tables["position_index"]], self.block_texture(coefficients))
 
         zscore = self.fit_zscore(reading["fit"], float(self.n_slots))
-        soft_bits = self._combine(reading["slot_soft"], reading["weights"])
+        soft_bits = self._combine(reading["slot_soft"], reading["reliability"])
         return Extraction(
             soft_bits=soft_bits,
             bit_confidence=soft_bits.abs().mean(dim=1),

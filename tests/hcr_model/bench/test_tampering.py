@@ -98,11 +98,13 @@ def test_tamper_draws_kind_shape_and_area(photo, donor):
     assert all(0.0 < r.area <= 0.4 for r in results)
 
 
-def test_tamper_handles_non_square_image(donor):
-    photo = data.chelsea()  # 300 x 451
-    result = tamper(photo, np.random.default_rng(5), kind="inpaint", shape="stroke", donor=donor)
+@pytest.mark.parametrize("kind", TAMPER_KINDS)
+def test_tamper_non_square_view(donor, kind):
+    photo = data.chelsea()[:, ::-1]  # 300 x 451, a mirrored (non-contiguous) view
+    result = tamper(photo, np.random.default_rng(5), kind=kind, donor=donor[::2, ::-2])
 
     assert result.mask.shape == photo.shape[:2]
+    assert result.mask.any()
     assert np.array_equal(result.image[~result.mask], photo[~result.mask])
 
 

@@ -145,7 +145,7 @@ def test_build_photos_missing_member_names_it(tmp_path, qres_writer):
 
 
 def test_download_reuses_cached_deb(tmp_path, monkeypatch):
-    deb = tmp_path / "scratch_1.4_all.deb"
+    deb = tmp_path / "scratch_1.4.0.6~dfsg1-6.1_all.deb"
     deb.write_bytes(b"!<arch>\n")
 
     def no_subprocess(*args, **kwargs):
@@ -163,7 +163,8 @@ def test_main_builds_from_cached_packages(tmp_path, qres_writer, capsys):
     debs, rows = _fake_debs(cache, qres_writer)
     (cache / "data" / "apt").mkdir(parents=True)
     for package in build.PACKAGES:
-        (cache / "data" / "apt" / f"{package}_1.0_all.deb").write_bytes(b"!<arch>\n")
+        deb_name = build._deb_name(package, build.PACKAGE_VERSIONS[package])
+        (cache / "data" / "apt" / f"{deb_name}all.deb").write_bytes(b"!<arch>\n")
         (debs / package).mkdir(parents=True, exist_ok=True)
         (debs / package / build.UNPACKED_MARKER).write_text("fake\n")
     manifest = tmp_path / "manifest.csv"
@@ -183,7 +184,8 @@ def test_main_reports_missing_manifest(tmp_path, capsys):
     cache = tmp_path
     (cache / "data" / "apt").mkdir(parents=True)
     for package in build.PACKAGES:
-        (cache / "data" / "apt" / f"{package}_1.0_all.deb").write_bytes(b"!<arch>\n")
+        deb_name = build._deb_name(package, build.PACKAGE_VERSIONS[package])
+        (cache / "data" / "apt" / f"{deb_name}all.deb").write_bytes(b"!<arch>\n")
         (cache / "data" / "debs" / package).mkdir(parents=True)
         (cache / "data" / "debs" / package / build.UNPACKED_MARKER).write_text("fake\n")
 
@@ -196,7 +198,7 @@ def test_main_reports_missing_manifest(tmp_path, capsys):
 @pytest.mark.parametrize(
     ("update_status", "expected"),
     [
-        (0, r"nosuchpkg: apt-get download failed(.|\n)*copy nosuchpkg_\*\.deb into"),
+        (0, r"nosuchpkg: apt-get download nosuchpkg=1:2.0 failed(.|\n)*copy nosuchpkg_1%3a2\.0_\*\.deb into"),
         (100, r"nosuchpkg: apt-get update failed(.|\n)*rerun `hcr data build`"),
     ],
 )
@@ -212,6 +214,6 @@ def test_download_failure_names_package_and_fix(tmp_path, monkeypatch, update_st
     monkeypatch.setattr(build.shutil, "which", lambda name: f"/usr/bin/{name}")
 
     with pytest.raises(BuildError, match=expected):
-        download_package("nosuchpkg", tmp_path)
+        download_package("nosuchpkg", tmp_path, version="1:2.0")
 
-    assert calls[:2] == [["apt-get", "download", "nosuchpkg"], ["apt-get", "update"]]
+    assert calls[:2] == [["apt-get", "download", "nosuchpkg=1:2.0"], ["apt-get", "update"]]

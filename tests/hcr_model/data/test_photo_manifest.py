@@ -4,7 +4,7 @@ from collections import Counter, defaultdict
 import pytest
 
 from hcr_model.data.build import MANIFEST_PATH, PACKAGES, read_manifest
-from hcr_model.data.selection import MANIFEST_FIELDS, _match_dep5, assign_splits, Candidate
+from hcr_model.data.selection import MANIFEST_FIELDS, Candidate, _match_dep5, assign_splits
 
 ALLOWED_LICENSES = {
     "public-domain",

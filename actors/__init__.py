@@ -1,0 +1,1 @@
+"""Ray actors that hold the loaded models and process whole shards."""

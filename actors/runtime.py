@@ -1,0 +1,35 @@
+"""Model and key loading shared by the workers."""
+
+import logging
+from pathlib import Path
+
+import torch
+
+from schemas.config import ModelOptions
+
+logger = logging.getLogger(__name__)
+
+
+def load_models(model: ModelOptions):
+    """Load the key and the model bundle once per worker; return (bundle, key, device).
+
+    The key comes from `model.key_file` (a path, not the key), else from this
+    process's environment (`HCR_KEY`, `HCR_KEY_FILE`) or the default key file.
+    A worker never creates a key. Inside a Ray actor, CUDA_VISIBLE_DEVICES lists only the GPUs Ray
+    assigned, so the default device is a GPU exactly when the actor got one.
+    """
+    from hcr_model.bundle import load_bundle
+    from hcr_model.keys import SecretKey, load_key
+
+    if model.key_file:
+        path = Path(model.key_file).expanduser()
+        key = SecretKey.from_hex(path.read_text(encoding="ascii"), source=f"key file {path}")
+    else:
+        key = load_key(create=False)
+    bundle = load_bundle(model.version, device=model.device)
+    # Ray sets OMP_NUM_THREADS to an actor's CPU reservation, which torch follows.
+    logger.info(
+        "worker loaded weights %s on %s with %d torch threads (key_id %s)",
+        bundle.version, bundle.device, torch.get_num_threads(), key.key_id,
+    )
+    return bundle, key, bundle.device

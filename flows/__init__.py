@@ -1,0 +1,1 @@
+"""Prefect flows, archive listing, shard lifecycle, storage and the hcr CLI."""

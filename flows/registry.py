@@ -1,0 +1,31 @@
+"""Loading the registry that protect runs wrote, across every archive partition."""
+
+import logging
+
+import pyarrow as pa
+import pyarrow.dataset as ds
+
+from flows import paths, storage
+from schemas.config import StorageOptions
+from schemas.rows import REGISTRY_SCHEMA
+
+logger = logging.getLogger(__name__)
+
+
+def load_registry(protect_dest: str, options: StorageOptions) -> pa.Table | None:
+    """Read every `registry/archive=*/part-*.parquet` under a protect destination.
+
+    Returns None (and logs a warning) when the destination has no registry,
+    so an audit still runs, without retrieval.
+    """
+    root_url = paths.registry_root(protect_dest)
+    fs, root = storage.open_url(root_url, options)
+    if not storage.exists(fs, root, options):
+        logger.warning("no registry at %s: audits run without retrieval", root_url)
+        return None
+
+    dataset = ds.dataset(root, filesystem=fs, format="parquet", partitioning=ds.partitioning(pa.schema([("archive", pa.string())]), flavor="hive"))
+    table = storage.with_retries(dataset.to_table, options, f"read registry {root_url}")
+    archives = sorted(set(table.column("archive").to_pylist())) if table.num_rows else []
+    logger.info("loaded registry %s: %d rows from archives %s", root_url, table.num_rows, archives)
+    return table.select([name for name in REGISTRY_SCHEMA.names if name in table.column_names])

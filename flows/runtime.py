@@ -1,0 +1,98 @@
+"""Ray and Prefect setup for a run: local and loopback-only by default, remote on request.
+
+A local Ray binds every port to 127.0.0.1, sends no usage stats, writes no
+auth token and starts no dashboard. Prefect without an API URL starts a
+temporary server on 127.0.0.1 for the run. Both settings must be in the
+environment before Ray starts or Prefect is imported, hence
+`prepare_environment`.
+"""
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator
+
+from schemas.config import PrefectOptions, RayOptions
+
+logger = logging.getLogger(__name__)
+
+# Forced for a local Ray: with RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 Ray binds
+# 127.0.0.1 instead of the machine's network address.
+LOCAL_RAY_ENV = {
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_AUTH_MODE": "disabled",
+}
+# Defaults only: a user's own Prefect settings win.
+PREFECT_ENV_DEFAULTS = {
+    "DO_NOT_TRACK": "1",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    # A cold temporary server runs its database migrations first: 10-20 s on a
+    # loaded 2-core machine.
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
+}
+
+
+def prepare_environment(ray_options: RayOptions, prefect_options: PrefectOptions) -> None:
+    """Set the Ray and Prefect environment variables this run needs (before Ray starts)."""
+    if ray_options.address is None:
+        os.environ.update(LOCAL_RAY_ENV)
+    else:
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    for name, value in PREFECT_ENV_DEFAULTS.items():
+        os.environ.setdefault(name, value)
+    if prefect_options.api_url:
+        os.environ["PREFECT_API_URL"] = prefect_options.api_url
+
+
+@contextlib.contextmanager
+def ray_session(options: RayOptions) -> Iterator[bool]:
+    """Connect to Ray for the duration of a run; yield True when the Ray is local.
+
+    An already initialized Ray (a test session, a notebook) is reused and left
+    running. Otherwise a local Ray is started (or `options.address` joined)
+    and shut down at the end.
+    """
+    import ray
+
+    if ray.is_initialized():
+        context = ray.get_runtime_context()
+        yield options.address is None and context.gcs_address.startswith("127.0.0.1")
+        return
+
+    if options.address:
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        ray.init(address=options.address, logging_level=logging.WARNING)
+        logger.info("joined the Ray cluster at %s", options.address)
+        local = False
+    else:
+        os.environ.update(LOCAL_RAY_ENV)
+        ray.init(
+            address="local",
+            num_cpus=options.num_cpus,
+            include_dashboard=False,
+            object_store_memory=options.object_store_mb * 2**20,
+            logging_level=logging.WARNING,
+        )
+        logger.info("started a local Ray on 127.0.0.1 with %s CPUs", ray.cluster_resources().get("CPU"))
+        local = True
+    try:
+        yield local
+    finally:
+        ray.shutdown()
+
+
+@contextlib.contextmanager
+def prefect_settings(options: PrefectOptions) -> Iterator[None]:
+    """Apply the run's Prefect API URL and turn off the per-run heartbeat thread.
+
+    Heartbeats detect crashed runs for a Prefect worker; a CLI run reports its
+    own failure, and the heartbeat costs about 1 s per flow run.
+    """
+    from prefect.settings import temporary_settings
+
+    updates: dict = {"flows.heartbeat_frequency": None}
+    if options.api_url:
+        updates["api.url"] = options.api_url
+    with temporary_settings(updates=updates):
+        yield

@@ -1,0 +1,75 @@
+"""Forgery: the copy attack, judged by the audit engine.
+
+The attacker holds one protected image and no key. They estimate its
+watermark by denoising (residual = protected - filtered protected), resize
+the residual to another, unprotected image's size and add it. The copy
+carries image A's payload on image B's content. The audit should call it
+`forged`: through a MAC failure, or through the content-binding check when
+the payload survives. `authentic`, `tampered` and `unmarked` count as misses.
+
+Estimators: `median3` (3 x 3 median filter), `gaussian1` (Gaussian blur,
+sigma 1 px), and `median3x2` (the median residual doubled, a stronger copy).
+Pairs: image i's watermark onto image i + 1 (cyclic).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections import Counter
+
+import cv2
+import numpy as np
+
+from hcr_model.bench.measure_context import BenchContext, canonical_stack, mean_of
+
+logger = logging.getLogger(__name__)
+
+_ESTIMATOR = re.compile(r"^(median3|gaussian1)(?:x(\d+(?:\.\d+)?))?$")
+
+
+def estimate_watermark(protected: np.ndarray, estimator: str) -> np.ndarray:
+    """(H, W, 3) uint8 -> (H, W, 3) float32 residual in grey levels: the estimated watermark."""
+    match = _ESTIMATOR.match(estimator)
+    if match is None:
+        raise ValueError(f"unknown estimator {estimator!r}; expected median3 or gaussian1, optionally with xGAIN")
+    filtered = cv2.medianBlur(protected, 3) if match.group(1) == "median3" else cv2.GaussianBlur(protected, (0, 0), 1.0)
+    gain = float(match.group(2) or 1.0)
+    return (protected.astype(np.float32) - filtered.astype(np.float32)) * gain
+
+
+def copy_watermark(residual: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """Add a residual, resized to the target's size, to (H, W, 3) uint8 `target`."""
+    height, width = target.shape[:2]
+    resized = cv2.resize(residual, (width, height), interpolation=cv2.INTER_CUBIC)
+    return np.clip(np.round(target.astype(np.float32) + resized), 0, 255).astype(np.uint8)
+
+
+def measure(ctx: BenchContext) -> dict:
+    ctx.models.need("bundle")
+    count = len(ctx.images)
+    if count < 2:
+        return {"rows": [], "notes": ["needs at least 2 images"]}
+
+    rows = []
+    for estimator in ctx.config.forgery_estimators:
+        sources = list(range(count))
+        targets = [(i + 1) % count for i in sources]
+        copies = [copy_watermark(estimate_watermark(ctx.protected[s].rgb, estimator), ctx.images[t].rgb) for s, t in zip(sources, targets)]
+        audits = ctx.audit(copies, [f"copy-{ctx.images[t].image_id}" for t in targets])
+
+        soft = ctx.carrier.extract(canonical_stack(copies, ctx.resolution, ctx.device)).soft_bits.float().cpu().numpy()
+        accuracy = [float(((row > 0).astype(np.uint8) == ctx.protected[s].carrier_bits).mean()) for row, s in zip(soft, sources)]
+        verdicts = Counter(audit.verdict for audit in audits)
+        rows.append(
+            {
+                "estimator": estimator,
+                "copies": count,
+                "forged_rate": verdicts["forged"] / count,
+                "payload_valid_rate": float(np.mean([audit.payload_valid for audit in audits])),
+                "copied_bit_accuracy": mean_of(accuracy),
+                "verdicts": dict(verdicts),
+            }
+        )
+        logger.info("forgery %s: %s", estimator, dict(verdicts))
+    return {"rows": rows, "notes": ["bit accuracy of the copy's carrier bits against the source's"]}

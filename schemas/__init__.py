@@ -1,0 +1,1 @@
+"""Run configs and the verdict and registry row contracts with their Arrow schemas."""

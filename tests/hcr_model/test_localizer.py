@@ -1,0 +1,148 @@
+"""Localizer: shapes, the weight file round trip, and the shipped v1 weights on real photos."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from hcr_model.imaging import to_canonical
+from hcr_model.localizer import (
+    Localizer,
+    LocalizerConfig,
+    LocalizerWeights,
+    load_localizer,
+    predict_mask,
+    save_localizer,
+    weights_path,
+)
+
+PHOTOS = Path(__file__).resolve().parents[1] / "fixtures" / "photos"
+SHIPPED = weights_path("v1")
+needs_weights = pytest.mark.skipif(
+    not SHIPPED.is_file(), reason=f"{SHIPPED} not trained yet (hcr train localizer --export {SHIPPED})"
+)
+
+
+def canonical_photo(name: str) -> torch.Tensor:
+    array = np.asarray(Image.open(PHOTOS / name).convert("RGB"))
+    return to_canonical(torch.from_numpy(array.copy()).permute(2, 0, 1)[None].float() / 255.0, 256)
+
+
+def test_forward_shapes():
+    model = Localizer().eval()
+    with torch.no_grad():
+        logits = model(torch.rand(2, 3, 64, 96), torch.rand(2, 1, 8, 12))
+    assert logits.shape == (2, 1, 64, 96)
+    assert logits.dtype == torch.float32
+
+
+def test_parameter_count_is_small():
+    count = sum(p.numel() for p in Localizer().parameters())
+    assert 100_000 < count < 1_000_000
+
+
+def test_evidence_shape_mismatch_raises():
+    with pytest.raises(ValueError, match="evidence must be"):
+        Localizer()(torch.rand(1, 3, 64, 64), torch.rand(1, 1, 16, 16))
+
+
+def test_side_not_multiple_of_16_raises():
+    with pytest.raises(ValueError, match="multiple of 16"):
+        Localizer()(torch.rand(1, 3, 72, 72), torch.rand(1, 1, 9, 9))
+
+
+def test_predict_mask_bare_model_needs_threshold():
+    with pytest.raises(ValueError, match="threshold is required"):
+        predict_mask(Localizer(), torch.rand(1, 3, 32, 32), torch.rand(1, 1, 4, 4))
+
+
+def test_predict_mask_outputs():
+    probability, mask = predict_mask(Localizer(), torch.rand(2, 3, 32, 32), torch.rand(2, 1, 4, 4), threshold=0.5)
+    assert probability.shape == mask.shape == (2, 1, 32, 32)
+    assert mask.dtype == torch.bool
+    assert torch.equal(mask, probability > 0.5)
+    assert float(probability.min()) >= 0.0
+    assert float(probability.max()) <= 1.0
+
+
+def test_save_load_round_trip(tmp_path):
+    model = Localizer(LocalizerConfig(widths=(8, 16, 24, 32))).eval()
+    path = tmp_path / "localizer.pt"
+    save_localizer(path, model, threshold=0.42, min_fraction=0.0075, version="v1", calibration={"split": "val"})
+
+    loaded = load_localizer(path)
+    assert isinstance(loaded, LocalizerWeights)
+    assert loaded.threshold == pytest.approx(0.42)
+    assert loaded.min_fraction == pytest.approx(0.0075)
+    assert loaded.calibration == {"split": "val"}
+    assert loaded.model.config.widths == (8, 16, 24, 32)
+    x, evidence = torch.rand(1, 3, 32, 32), torch.rand(1, 1, 4, 4)
+    with torch.no_grad():
+        assert torch.allclose(loaded.model(x, evidence), model(x, evidence), atol=1e-6)
+
+
+def test_load_missing_file_raises(tmp_path):
+    with pytest.raises(FileNotFoundError, match="hcr train localizer"):
+        load_localizer(tmp_path / "absent.pt")
+
+
+def test_load_wrong_format_raises(tmp_path):
+    path = tmp_path / "other.pt"
+    torch.save({"format": "something-else"}, path)
+    with pytest.raises(ValueError, match="not a localizer weight file"):
+        load_localizer(path)
+
+
+@needs_weights
+def test_shipped_weights_carry_calibration():
+    weights = load_localizer("v1")
+    assert 0.0 < weights.threshold < 1.0
+    assert 0.0 < weights.min_fraction < 0.05
+    assert weights.calibration["split"] == "val"
+    assert "rule" in weights.calibration
+
+
+@pytest.fixture(scope="module")
+def protected_fixture():
+    """A canonical fixture photo, protected on the 256 grid and saved as uint8, and the sample maker."""
+    from hcr_model.training.localizer import SampleMaker, training_key
+
+    torch.set_num_threads(1)
+    maker = SampleMaker(training_key("tests/localizer"))
+    protected, _ = maker.protect(canonical_photo("astronaut.jpg"), np.random.default_rng(0))
+    return maker, protected.float() / 255.0
+
+
+@needs_weights
+def test_pasted_region_is_localized(protected_fixture):
+    maker, protected = protected_fixture
+    donor = canonical_photo("chelsea.jpg")
+
+    # Paste a 96 × 72 patch of another photo (10.5 % of the image), off the 8-pixel grid.
+    edited = protected.clone()
+    truth = torch.zeros(1, 1, 256, 256, dtype=torch.bool)
+    top, left, height, width = 133, 37, 72, 96
+    edited[..., top : top + height, left : left + width] = donor[..., 40 : 40 + height, 100 : 100 + width]
+    truth[..., top : top + height, left : left + width] = True
+    edited = (edited * 255).round() / 255
+
+    weights = load_localizer("v1")
+    evidence, _ = maker.evidence(edited)
+    _, mask = weights.predict(edited, evidence)
+    iou = float((mask & truth).sum()) / float((mask | truth).sum())
+    assert iou >= 0.5, f"IoU {iou:.3f} of the pasted region"
+    assert bool(weights.is_edited(mask)[0])
+
+
+@needs_weights
+def test_untouched_protected_photo_is_not_edited(protected_fixture):
+    maker, protected = protected_fixture
+    weights = load_localizer("v1")
+    evidence, ecc_ok = maker.evidence(protected)
+    assert bool(ecc_ok[0])
+    _, mask = weights.predict(protected, evidence)
+    fraction = float(mask.float().mean())
+    assert fraction < weights.min_fraction, f"mask covers {fraction:.4f} of an untouched image"
+    assert not bool(weights.is_edited(mask)[0])
