@@ -12,7 +12,7 @@ from collections import Counter
 
 import pyarrow as pa
 
-from actors.runtime import load_models
+from actors.runtime import WorkerInfo, load_models
 from flows import paths, storage
 from flows.reader import FailedImage, LoadedImage, iter_batches
 from flows.registry import load_registry
@@ -25,20 +25,21 @@ from schemas.rows import VERDICT_FILE_SCHEMA, VerdictRow
 logger = logging.getLogger(__name__)
 
 
-class AuditWorker:
+class AuditWorker(WorkerInfo):
     """Audit shards with one loaded copy of the models and of the registry index."""
 
     def __init__(self, model: ModelOptions, registry: str | None = None, registry_storage: StorageOptions | None = None):
         from hcr_model.engine import Auditor
 
-        bundle, key, self.device = load_models(model)
-        self.key_id = key.key_id
-        self.model_version = bundle.version
+        bundle, key, device = load_models(model)
+        self._init_info(key.key_id, bundle.version, device)
         table = load_registry(registry, registry_storage or StorageOptions()) if registry else None
         self.auditor = Auditor(bundle, key, table)
 
     def run_shard(self, spec: ShardSpec) -> ShardStats:
-        return run_shard(spec, self._process)
+        stats = run_shard(spec, self._process)
+        self.shards_run += not stats.skipped
+        return stats
 
     def _process(self, spec: ShardSpec) -> tuple[pa.Table, ShardStats]:
         fs, _ = storage.open_url(spec.dest, spec.storage)

@@ -87,7 +87,8 @@ def _start(worker_class, options: RayOptions, local: bool, *args) -> ActorPool:
         len(actors), worker_class.__name__, request["num_cpus"], request["num_gpus"],
     )
     # Surface a model or key loading failure now, with its message, not at the first shard.
-    ray.get([actor.__ray_ready__.remote() for actor in actors])
+    for info in ray.get([actor.describe.remote() for actor in actors]):
+        logger.info("actor pid %d ready: weights %s on %s, key_id %s", info["pid"], info["model_version"], info["device"], info["key_id"])
     return ActorPool(actors)
 
 

@@ -11,7 +11,7 @@ import logging
 
 import pyarrow as pa
 
-from actors.runtime import load_models
+from actors.runtime import WorkerInfo, load_models
 from flows import paths, storage
 from flows.reader import FailedImage, LoadedImage, iter_batches
 from flows.shard import ShardSpec, ShardStats, run_shard
@@ -23,19 +23,20 @@ from schemas.arrow import rows_to_table
 logger = logging.getLogger(__name__)
 
 
-class ProtectWorker:
+class ProtectWorker(WorkerInfo):
     """Protect shards with one loaded copy of the models."""
 
     def __init__(self, model: ModelOptions):
         from hcr_model.engine import Protector
 
-        bundle, key, self.device = load_models(model)
-        self.key_id = key.key_id
-        self.model_version = bundle.version
+        bundle, key, device = load_models(model)
+        self._init_info(key.key_id, bundle.version, device)
         self.protector = Protector(bundle, key)
 
     def run_shard(self, spec: ShardSpec) -> ShardStats:
-        return run_shard(spec, self._process)
+        stats = run_shard(spec, self._process)
+        self.shards_run += not stats.skipped
+        return stats
 
     def _process(self, spec: ShardSpec) -> tuple[pa.Table, ShardStats]:
         fs, _ = storage.open_url(spec.dest, spec.storage)

@@ -1,6 +1,8 @@
 """Model and key loading shared by the workers."""
 
 import logging
+import os
+import time
 from pathlib import Path
 
 import torch
@@ -33,3 +35,25 @@ def load_models(model: ModelOptions):
         bundle.version, bundle.device, torch.get_num_threads(), key.key_id,
     )
     return bundle, key, bundle.device
+
+
+class WorkerInfo:
+    """What a worker reports about itself: its process, its models and how much it did."""
+
+    def _init_info(self, key_id: str, model_version: str, device) -> None:
+        self.key_id = key_id
+        self.model_version = model_version
+        self.device = str(device)
+        self.loaded_at = time.time()
+        self.shards_run = 0
+
+    def describe(self) -> dict:
+        """Return pid, key_id, weights version, device, load time and shards run since the load."""
+        return {
+            "pid": os.getpid(),
+            "key_id": self.key_id,
+            "model_version": self.model_version,
+            "device": self.device,
+            "loaded_at": self.loaded_at,
+            "shards_run": self.shards_run,
+        }

@@ -90,11 +90,14 @@ def audit_flow(config: AuditConfig) -> RunSummary:
     run_logger.info("audit sweep %s: %d shards, %d already done, %d to run", sweep_id, len(specs), len(skipped), len(todo))
 
     finished, failed, warnings = [], {}, []
+    processing_seconds = 0.0
     if todo:
         with ray_session(config.ray) as local:
             pool = start_audit_pool(config.ray, config.model, local, config.registry, config.storage)
             try:
+                fan_out_start = time.perf_counter()
                 finished, failed, warnings = fan_out(pool, todo, config.progress, config.limits.key_mismatch_fraction, run_logger)
+                processing_seconds = time.perf_counter() - fan_out_start
             finally:
                 pool.shutdown()
 
@@ -107,7 +110,7 @@ def audit_flow(config: AuditConfig) -> RunSummary:
     }
     summary = summarize(
         "audit", sweep_id, archive, len(manifest.entries), len(specs), skipped + finished, failed,
-        time.perf_counter() - start, outputs, warnings,
+        time.perf_counter() - start, processing_seconds, outputs, warnings,
     )
     run_logger.info("audit sweep %s finished: %s", sweep_id, summary.counts)
     return summary

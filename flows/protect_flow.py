@@ -89,11 +89,14 @@ def protect_flow(config: ProtectConfig) -> RunSummary:
     run_logger.info("protect %s: %d shards, %d already done, %d to run", archive, len(specs), len(skipped), len(todo))
 
     finished, failed, warnings = [], {}, []
+    processing_seconds = 0.0
     if todo:
         with ray_session(config.ray) as local:
             pool = start_protect_pool(config.ray, config.model, local)
             try:
+                fan_out_start = time.perf_counter()
                 finished, failed, warnings = fan_out(pool, todo, config.progress, config.limits.key_mismatch_fraction, run_logger)
+                processing_seconds = time.perf_counter() - fan_out_start
             finally:
                 pool.shutdown()
 
@@ -104,7 +107,7 @@ def protect_flow(config: ProtectConfig) -> RunSummary:
     }
     summary = summarize(
         "protect", archive, archive, len(manifest.entries), len(specs), skipped + finished, failed,
-        time.perf_counter() - start, outputs, warnings,
+        time.perf_counter() - start, processing_seconds, outputs, warnings,
     )
     run_logger.info("protect %s finished: %s", archive, summary.counts)
     return summary

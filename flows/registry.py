@@ -3,9 +3,9 @@
 import logging
 
 import pyarrow as pa
-import pyarrow.dataset as ds
 
 from flows import paths, storage
+from flows.results import registry_dataset
 from schemas.config import StorageOptions
 from schemas.rows import REGISTRY_SCHEMA
 
@@ -24,8 +24,7 @@ def load_registry(protect_dest: str, options: StorageOptions) -> pa.Table | None
         logger.warning("no registry at %s: audits run without retrieval", root_url)
         return None
 
-    dataset = ds.dataset(root, filesystem=fs, format="parquet", partitioning=ds.partitioning(pa.schema([("archive", pa.string())]), flavor="hive"))
-    table = storage.with_retries(dataset.to_table, options, f"read registry {root_url}")
+    table = storage.with_retries(registry_dataset(protect_dest, options).to_table, options, f"read registry {root_url}")
     archives = sorted(set(table.column("archive").to_pylist())) if table.num_rows else []
     logger.info("loaded registry %s: %d rows from archives %s", root_url, table.num_rows, archives)
     return table.select([name for name in REGISTRY_SCHEMA.names if name in table.column_names])

@@ -22,7 +22,8 @@ class RunSummary(BaseModel):
     shards_skipped: int = Field(description="shards already done by an earlier run")
     failed_shards: dict[int, str] = Field(default_factory=dict, description="shard -> error, for shards that failed")
     images_processed: int = Field(description="images in the shards this run processed")
-    seconds: float = Field(description="wall time of the run")
+    seconds: float = Field(description="wall time of the run, planning and actor start included")
+    processing_seconds: float = Field(description="wall time of the shard fan-out, after the actors loaded the models")
     key_id: str | None = None
     error_examples: list[tuple[str, str]] = Field(default_factory=list, description="(image_id, message) of the first errors")
     outputs: dict[str, str] = Field(default_factory=dict, description="what -> URL")
@@ -30,7 +31,8 @@ class RunSummary(BaseModel):
 
     @property
     def images_per_second(self) -> float:
-        return self.images_processed / self.seconds if self.seconds > 0 else 0.0
+        """Throughput of the fan-out: images of the shards run, per second of processing."""
+        return self.images_processed / self.processing_seconds if self.processing_seconds > 0 else 0.0
 
     @property
     def ok(self) -> bool:
@@ -43,8 +45,14 @@ class RunSummary(BaseModel):
             f"hcr {self.kind} {self.run_id} (archive {self.archive}): {self.images} images in {self.shards_total} shards",
             f"  results: {counts}",
             f"  shards: {self.shards_run} run, {self.shards_skipped} already done, {len(self.failed_shards)} failed",
-            f"  throughput: {self.images_processed} images in {self.seconds:.1f} s ({self.images_per_second:.2f} images/s)",
         ]
+        if self.images_processed:
+            lines.append(
+                f"  throughput: {self.images_processed} images processed in {self.processing_seconds:.1f} s "
+                f"({self.images_per_second:.2f} images/s); run time {self.seconds:.1f} s"
+            )
+        else:
+            lines.append(f"  throughput: no shard left to process; run time {self.seconds:.1f} s")
         if self.key_id:
             lines.append(f"  key_id: {self.key_id}")
         for what, url in self.outputs.items():
@@ -69,6 +77,7 @@ def summarize(
     stats: list[ShardStats],
     failed_shards: dict[int, str],
     seconds: float,
+    processing_seconds: float,
     outputs: dict[str, str],
     warnings: list[str],
 ) -> RunSummary:
@@ -82,13 +91,14 @@ def summarize(
         run_id=run_id,
         archive=archive,
         images=images,
-        counts=dict(counts),
+        counts={name: count for name, count in counts.items() if count},
         shards_total=shards_total,
         shards_run=len(run),
         shards_skipped=len(stats) - len(run),
         failed_shards=failed_shards,
         images_processed=sum(shard_stats.images for shard_stats in run),
         seconds=seconds,
+        processing_seconds=processing_seconds,
         key_id=", ".join(sorted(key_ids)) or None,
         error_examples=[error for shard_stats in stats for error in shard_stats.errors][:MAX_ERROR_EXAMPLES],
         outputs=outputs,

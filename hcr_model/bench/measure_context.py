@@ -1,4 +1,4 @@
-"""What every benchmark section shares: images, key, models, protected copies.
+"""Shared state of the benchmark sections: images, key, models, protected copies.
 
 Models load one by one, so a missing weight file removes only the sections
 that need it; `LoadedModels.missing` records why each one is absent. Work
@@ -19,7 +19,7 @@ import pyarrow as pa
 import torch
 
 from hcr_model.bench.attacks import ATTACKS
-from hcr_model.bench.suites import BenchImage, SuiteConfig
+from hcr_model.bench.suites import BenchImage, SuiteConfig, kinds_for_image
 from hcr_model.bench.tampering import tamper
 from hcr_model.bundle import VERSION_BYTES, BundleNotFoundError, ModelBundle, load_calibration, select_device, weights_dir
 from hcr_model.engine import Auditor, AuditOutput, ImageInput, rgb_to_tensor, tensor_to_rgb
@@ -39,6 +39,22 @@ ALL_KINDS = "all"  # the group of every tampering kind in per-kind tables
 
 class SectionSkipped(Exception):
     """A section cannot run (weights or a package missing); the message is the reason."""
+
+
+def run_part(run, what: str, notes: list[str], errors: list[str]):
+    """Run an optional part of a section and return its result, or None when it cannot run.
+
+    A missing model adds a note. A failure adds an error (the run then exits
+    with status 1) but keeps the section's other numbers.
+    """
+    try:
+        return run()
+    except SectionSkipped as exc:
+        notes.append(f"{what} left out: {exc}")
+    except Exception as exc:  # noqa: BLE001 - reported in the section, with the traceback in the log
+        logger.exception("%s failed", what)
+        errors.append(f"{what} failed: {type(exc).__name__}: {exc}")
+    return None
 
 
 @dataclass
@@ -246,7 +262,7 @@ class BenchContext:
     # ---- tampering -----------------------------------------------------------
 
     def tamper_cases(self, area: float | None, tag: int) -> list[TamperCase]:
-        """Edit every protected image once per kind, then apply each post-edit attack.
+        """Edit every protected image (once per kind, or per the suite's share), then apply each post-edit attack.
 
         `area` None draws it from the suite's range. `tag` separates the
         random streams of different case sets.
@@ -255,7 +271,7 @@ class BenchContext:
         count = len(self.images)
         for index, protected in enumerate(self.protected):
             donor = self.images[(index + 1) % count].rgb if count > 1 else self.images[index].rgb[::-1, ::-1]
-            for kind_index, kind in enumerate(self.config.tamper_kinds):
+            for kind_index, kind in kinds_for_image(self.config, index):
                 rng = np.random.default_rng([self.config.seed, tag, index, kind_index])
                 share = float(rng.uniform(*self.config.tamper_area)) if area is None else area
                 result = tamper(protected.rgb, rng, kind=kind, area=share, donor=donor)

@@ -1,6 +1,6 @@
 """Forgery: the copy attack, judged by the audit engine.
 
-The attacker holds one protected image and no key. They estimate its
+The attacker has one protected image and no key. They estimate its
 watermark by denoising (residual = protected - filtered protected), resize
 the residual to another, unprotected image's size and add it. The copy
 carries image A's payload on image B's content. The audit should call it
@@ -8,7 +8,10 @@ carries image A's payload on image B's content. The audit should call it
 the payload survives. `authentic`, `tampered` and `unmarked` count as misses.
 
 Estimators: `median3` (3 x 3 median filter), `gaussian1` (Gaussian blur,
-sigma 1 px), and `median3x2` (the median residual doubled, a stronger copy).
+sigma 1 px), `median3x2` (the median residual doubled, a stronger copy), and
+`oracle`: protected - original, the exact watermark of an attacker who also
+holds the original. The oracle copy carries a readable, MAC-valid payload, so
+only the content-binding check can call it forged.
 Pairs: image i's watermark onto image i + 1 (cyclic).
 """
 
@@ -20,20 +23,31 @@ from collections import Counter
 
 import cv2
 import numpy as np
+import torch
 
 from hcr_model.bench.measure_context import BenchContext, canonical_stack, mean_of
 
 logger = logging.getLogger(__name__)
 
-_ESTIMATOR = re.compile(r"^(median3|gaussian1)(?:x(\d+(?:\.\d+)?))?$")
+_ESTIMATOR = re.compile(r"^(median3|gaussian1|oracle)(?:x(\d+(?:\.\d+)?))?$")
 
 
-def estimate_watermark(protected: np.ndarray, estimator: str) -> np.ndarray:
-    """(H, W, 3) uint8 -> (H, W, 3) float32 residual in grey levels: the estimated watermark."""
+def estimate_watermark(protected: np.ndarray, estimator: str, original: np.ndarray | None = None) -> np.ndarray:
+    """(H, W, 3) uint8 -> (H, W, 3) float32 residual in grey levels: the estimated watermark.
+
+    `oracle` needs `original`, the image before protection.
+    """
     match = _ESTIMATOR.match(estimator)
     if match is None:
-        raise ValueError(f"unknown estimator {estimator!r}; expected median3 or gaussian1, optionally with xGAIN")
-    filtered = cv2.medianBlur(protected, 3) if match.group(1) == "median3" else cv2.GaussianBlur(protected, (0, 0), 1.0)
+        raise ValueError(f"unknown estimator {estimator!r}; expected median3, gaussian1 or oracle, optionally with xGAIN")
+    if match.group(1) == "oracle":
+        if original is None:
+            raise ValueError("the oracle estimate needs the original image")
+        filtered = original
+    elif match.group(1) == "median3":
+        filtered = cv2.medianBlur(protected, 3)
+    else:
+        filtered = cv2.GaussianBlur(protected, (0, 0), 1.0)
     gain = float(match.group(2) or 1.0)
     return (protected.astype(np.float32) - filtered.astype(np.float32)) * gain
 
@@ -55,10 +69,14 @@ def measure(ctx: BenchContext) -> dict:
     for estimator in ctx.config.forgery_estimators:
         sources = list(range(count))
         targets = [(i + 1) % count for i in sources]
-        copies = [copy_watermark(estimate_watermark(ctx.protected[s].rgb, estimator), ctx.images[t].rgb) for s, t in zip(sources, targets)]
+        copies = [
+            copy_watermark(estimate_watermark(ctx.protected[s].rgb, estimator, ctx.images[s].rgb), ctx.images[t].rgb)
+            for s, t in zip(sources, targets)
+        ]
         audits = ctx.audit(copies, [f"copy-{ctx.images[t].image_id}" for t in targets])
 
-        soft = ctx.carrier.extract(canonical_stack(copies, ctx.resolution, ctx.device)).soft_bits.float().cpu().numpy()
+        with torch.inference_mode():
+            soft = ctx.carrier.extract(canonical_stack(copies, ctx.resolution, ctx.device)).soft_bits.float().cpu().numpy()
         accuracy = [float(((row > 0).astype(np.uint8) == ctx.protected[s].carrier_bits).mean()) for row, s in zip(soft, sources)]
         verdicts = Counter(audit.verdict for audit in audits)
         rows.append(

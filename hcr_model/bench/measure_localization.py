@@ -21,7 +21,7 @@ from collections import Counter
 import numpy as np
 import torch
 
-from hcr_model.bench.measure_context import BenchContext, SectionSkipped, TamperCase, apply_attack, canonical_mask, group_positions, mean_of
+from hcr_model.bench.measure_context import BenchContext, TamperCase, apply_attack, canonical_mask, group_positions, mean_of, run_part
 from hcr_model.bench.metrics import false_positive_rate, pixel_auc, pixel_f1, pixel_iou
 
 logger = logging.getLogger(__name__)
@@ -49,12 +49,12 @@ def _audit_scores(ctx: BenchContext, cases: list[TamperCase]) -> dict[str, list]
     return {"f1": f1, "iou": iou, "verdicts": [audit.verdict for audit in audits]}
 
 
-def _tamper_rows(ctx: BenchContext, audit_error: str | None) -> list[dict]:
+def _tamper_rows(ctx: BenchContext, notes: list[str], errors: list[str]) -> list[dict]:
     cases = ctx.localization_cases
     local = _localizer_scores(ctx, cases)
-    audit = _audit_scores(ctx, cases) if audit_error is None else None
-    rows = []
+    audit = run_part(lambda: _audit_scores(ctx, cases), "audit columns", notes, errors)
     kinds, posts = [case.kind for case in cases], [case.post_edit for case in cases]
+    rows = []
     for (kind, post), positions in group_positions(kinds, posts, ctx.config.tamper_kinds, ctx.config.post_edit).items():
         row = {
             "kind": kind,
@@ -79,38 +79,35 @@ def _tamper_rows(ctx: BenchContext, audit_error: str | None) -> list[dict]:
     return rows
 
 
-def _false_positive_rows(ctx: BenchContext, audit_error: str | None) -> list[dict]:
-    rows = []
-    protected = [p.rgb for p in ctx.protected]
+def _false_positive_rows(ctx: BenchContext, notes: list[str], errors: list[str]) -> list[dict]:
     ids = [image.image_id for image in ctx.images]
     min_fraction = float(ctx.models.localizer.min_fraction)
-    for attack in ("identity", *ctx.config.global_attacks):
-        received = [apply_attack(attack, rgb) for rgb in protected]
-        probability = ctx.tamper_probability(received)
-        rates = false_positive_rate(probability, ctx.localizer_threshold).numpy()
+    processed = {attack: [apply_attack(attack, p.rgb) for p in ctx.protected] for attack in ("identity", *ctx.config.global_attacks)}
+
+    def audit_all():
+        return {attack: Counter(a.verdict for a in ctx.audit(received, ids)) for attack, received in processed.items()}
+
+    verdicts = run_part(audit_all, "audit verdicts on untouched images", notes, errors)
+    rows = []
+    for attack, received in processed.items():
+        rates = false_positive_rate(ctx.tamper_probability(received), ctx.localizer_threshold).numpy()
         row = {
             "processing": "none" if attack == "identity" else attack,
             "images": len(received),
             "fp_pixel_rate": mean_of(rates),
             "flagged_rate": float((rates >= min_fraction).mean()),
         }
-        if audit_error is None:
-            verdicts = Counter(audit.verdict for audit in ctx.audit(received, ids))
-            row["audit_authentic_rate"] = verdicts["authentic"] / len(received)
-            row["audit_verdicts"] = dict(verdicts)
+        if verdicts is not None:
+            row["audit_authentic_rate"] = verdicts[attack]["authentic"] / len(received)
+            row["audit_verdicts"] = dict(verdicts[attack])
         rows.append(row)
     return rows
 
 
 def measure(ctx: BenchContext) -> dict:
     ctx.models.need("localizer")
-    try:
-        ctx.models.need("bundle")
-        audit_error = None
-    except SectionSkipped as exc:
-        audit_error = f"audit columns left out: {exc}"
-
     notes = [f"threshold {ctx.localizer_threshold:.3f} and min_fraction {ctx.models.localizer.min_fraction:.4f} from the localizer weights"]
-    if audit_error:
-        notes.append(audit_error)
-    return {"rows": _tamper_rows(ctx, audit_error), "false_positives": _false_positive_rows(ctx, audit_error), "notes": notes}
+    errors: list[str] = []
+    rows = _tamper_rows(ctx, notes, errors)
+    false_positives = _false_positive_rows(ctx, notes, errors)
+    return {"rows": rows, "false_positives": false_positives, "notes": notes, "errors": errors}

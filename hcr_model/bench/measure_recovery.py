@@ -10,7 +10,7 @@ re-saved as JPEG 75. Every method fills the same ground-truth mask:
 - `telea`, `ns`: OpenCV's blind inpainting (radius 3);
 - `received`: the edited image itself, for scale.
 The hidden code is the one the payload carries (what a valid payload
-supplies); `payload_valid_rate` says how often the received image's payload
+supplies). `payload_valid_rate` is the share of received images whose payload
 actually decoded. Reference: the original image on the canonical grid.
 """
 
@@ -25,8 +25,9 @@ from pytorch_msssim import ssim as msssim_ssim
 
 from hcr_model.bench.attacks import ATTACKS
 from hcr_model.bench.baselines import inpaint_ns, inpaint_telea
-from hcr_model.bench.measure_context import BATCH, BenchContext, SectionSkipped, canonical_stack, group_positions, mean_of
+from hcr_model.bench.measure_context import BATCH, BenchContext, canonical_stack, group_positions, mean_of, run_part
 from hcr_model.bench.metrics import masked_psnr, masked_ssim
+from hcr_model.bench.suites import kinds_for_image
 from hcr_model.bench.tampering import tamper
 from hcr_model.engine import rgb_to_tensor, tensor_to_rgb
 
@@ -55,7 +56,7 @@ def build_cases(ctx: BenchContext) -> RecoveryCases:
     for i in range(count):
         image = tensor_to_rgb(protected[i : i + 1])
         donor = tensor_to_rgb(originals[(i + 1) % count : (i + 1) % count + 1])
-        for kind_index, kind in enumerate(ctx.config.tamper_kinds):
+        for kind_index, kind in kinds_for_image(ctx.config, i):
             rng = np.random.default_rng([ctx.config.seed, 4, i, kind_index])
             result = tamper(image, rng, kind=kind, area=ctx.config.recovery_area, donor=donor)
             edited = rgb_to_tensor(result.image)
@@ -111,37 +112,37 @@ def _payload_valid(ctx: BenchContext, cases: RecoveryCases) -> np.ndarray:
     return np.array(valid)
 
 
-def restored_images(ctx: BenchContext) -> tuple[RecoveryCases, dict[str, torch.Tensor], list[str]]:
-    """Restore every case with every method the loaded models allow; returns the notes on what was left out."""
-    if "recovery_restored" in ctx.cache:
-        return ctx.cache["recovery_cases"], ctx.cache["recovery_restored"], ctx.cache["recovery_notes"]
-    cases = build_cases(ctx)
-    methods, notes = ["received"], []
-    try:
-        ctx.models.need("tokenizer", "recovery")
-        methods.append("transformer")
-    except SectionSkipped as exc:
-        notes.append(f"transformer left out: {exc}")
-    try:
-        ctx.models.need("tokenizer")
-        methods.append("code_only")
-    except SectionSkipped as exc:
-        notes.append(f"code_only left out: {exc}")
-    methods += ["telea", "ns"]
+METHOD_MODELS = {"transformer": ("tokenizer", "recovery"), "code_only": ("tokenizer",), "telea": (), "ns": ()}
 
-    restored = {"received": cases.received}
-    for method in methods[1:]:
-        restored[method] = _restore(ctx, cases, method)
-        logger.info("recovery: %s restored %d images", method, len(cases.kind))
-    ctx.cache["recovery_restored"], ctx.cache["recovery_notes"] = restored, notes
-    return cases, restored, notes
+
+def restored_images(ctx: BenchContext) -> tuple[RecoveryCases, dict[str, torch.Tensor], list[str], list[str]]:
+    """Restore every case with every method the loaded models allow.
+
+    Returns the cases, the restored images by method, and the notes and
+    errors on the methods left out.
+    """
+    if "recovery_restored" not in ctx.cache:
+        cases = build_cases(ctx)
+        restored, notes, errors = {"received": cases.received}, [], []
+        for method, needs in METHOD_MODELS.items():
+
+            def run(method=method, needs=needs):
+                ctx.models.need(*needs)
+                return _restore(ctx, cases, method)
+
+            images = run_part(run, method, notes, errors)
+            if images is not None:
+                restored[method] = images
+                logger.info("recovery: %s restored %d images", method, len(cases.kind))
+        ctx.cache["recovery_restored"] = (cases, restored, notes, errors)
+    return ctx.cache["recovery_restored"]
 
 
 def whole_ssim(images: torch.Tensor, reference: torch.Tensor) -> np.ndarray:
-    """(N,) SSIM of whole images: `metrics.ssim`'s computation in float32.
+    """Return the (N,) SSIM of whole images: `metrics.ssim`'s computation in float32.
 
     NOTE: `metrics.ssim` runs in float64, about 0.3 s per 256 px image on one
-    loaded core; float32 is 3.4x faster and agrees to 1e-7 (measured on 28
+    loaded core. Float32 is 3.4x faster and agrees to 1e-7 (measured on 28
     random image pairs).
     """
     values = [msssim_ssim(images[s : s + BATCH].float(), reference[s : s + BATCH].float(), data_range=1.0, size_average=False) for s in range(0, len(images), BATCH)]
@@ -149,7 +150,7 @@ def whole_ssim(images: torch.Tensor, reference: torch.Tensor) -> np.ndarray:
 
 
 def measure(ctx: BenchContext) -> dict:
-    cases, restored, notes = restored_images(ctx)
+    cases, restored, notes, errors = restored_images(ctx)
     valid = _payload_valid(ctx, cases)
     groups = group_positions(cases.kind, cases.post_edit, ctx.config.tamper_kinds, ctx.config.post_edit)
 
@@ -178,4 +179,4 @@ def measure(ctx: BenchContext) -> dict:
             )
     area = float(cases.mask.float().mean())
     notes = [f"mean edited share {area:.3f} of the canonical grid (text edits cover only their glyphs)", *notes]
-    return {"rows": rows, "methods": list(restored), "notes": notes}
+    return {"rows": rows, "methods": list(restored), "notes": notes, "errors": errors}

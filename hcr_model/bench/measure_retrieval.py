@@ -1,7 +1,7 @@
 """Factual retrieval from restored pixels, and the exact payload lookup, reported apart.
 
 Gallery: every image of the suite's source (the whole test split in the full
-suite, whatever `--limit` says), as the registry stores it: the code
+suite, even with `--limit`), as the registry stores it: the code
 embedding of the original's hidden code. Queries: the recovery section's
 images (25 % edited, each method's restoration), embedded the same way from
 their own pixels; no payload is read. Scores:
@@ -20,7 +20,7 @@ import logging
 import numpy as np
 import torch
 
-from hcr_model.bench.measure_context import BATCH, BenchContext, SectionSkipped, canonical_stack
+from hcr_model.bench.measure_context import BATCH, BenchContext, canonical_stack, run_part
 from hcr_model.bench.measure_recovery import restored_images
 from hcr_model.bench.metrics import top1_accuracy
 
@@ -50,6 +50,7 @@ def _imagenet_classes(images: torch.Tensor) -> list[int] | None:
 
 
 def _exact_lookup_rows(ctx: BenchContext) -> list[dict]:
+    ctx.models.need("bundle")
     cases, audits = ctx.localization_cases, ctx.localization_audits
     rows = []
     for post in ctx.config.post_edit:
@@ -79,7 +80,7 @@ def measure(ctx: BenchContext) -> dict:
     class_of = dict(zip(gallery_ids, gallery_classes)) if gallery_classes is not None else None
     has_labels = all(label is not None for label in gallery_labels)
 
-    cases, restored, notes = restored_images(ctx)
+    cases, restored, recovery_notes, _ = restored_images(ctx)
     rows = []
     for method, images in restored.items():
         embeddings = _embeddings(ctx, images)
@@ -103,13 +104,9 @@ def measure(ctx: BenchContext) -> dict:
                 row["top1_imagenet"] = top1_accuracy(query, gallery_embeddings, classes, gallery_classes)
             rows.append(row)
 
-    notes = [f"gallery of {len(gallery_ids)} images", *notes]
+    notes = [f"gallery of {len(gallery_ids)} images", *recovery_notes]
     if not has_labels:
         notes.append("top1_label left out: the fixture photos have no category")
-    try:
-        ctx.models.need("bundle")
-        exact = _exact_lookup_rows(ctx)
-    except SectionSkipped as exc:
-        exact = []
-        notes.append(f"exact lookup left out: {exc}")
-    return {"rows": rows, "exact_lookup": exact, "notes": notes}
+    errors: list[str] = []
+    exact = run_part(lambda: _exact_lookup_rows(ctx), "exact lookup", notes, errors)
+    return {"rows": rows, "exact_lookup": exact or [], "notes": notes, "errors": errors}

@@ -3,9 +3,9 @@
 Each marked copy from the imperceptibility section is attacked with the
 evaluation form of `ATTACKS` at its own size (a resize or crop returns a new
 size), then read back:
-- `hcr`: the carrier reads the canonical grid of the received image; bit
-  accuracy is over the 256 raw carrier bits, and a payload counts as exact
-  when the codec decodes it valid (ECC and MAC) with the embedded hidden code;
+- `hcr`: the carrier reads the canonical grid of the received image. Bit
+  accuracy is over the 256 raw carrier bits. A payload counts as exact when
+  the codec decodes it valid (ECC and MAC) with the embedded hidden code.
 - `hcr-32` and the peers: bit accuracy over 32 bits, exact = all 32 right.
 A peer cannot read an attacked image under 256 x 256 pixels (`resize0.5` of
 a small photo): such reads count as unreadable, are left out of the bit

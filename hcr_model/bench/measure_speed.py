@@ -2,7 +2,7 @@
 
 Each measurement runs once to warm up, then repeats until `speed_seconds`
 have passed. The thread count is torch's at run time (`hcr bench` sets 1
-unless `--threads` says otherwise), and the load average is recorded
+unless `--threads` sets another count), and the load average is recorded
 because a shared machine slows every number down.
 
 Rows: carrier embed and extract on canonical batches; the full payload read
@@ -23,7 +23,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from hcr_model.bench.measure_context import BenchContext, SectionSkipped, canonical_stack
+from hcr_model.bench.measure_context import BenchContext, canonical_stack, run_part
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +74,7 @@ def _peer_rows(ctx: BenchContext) -> list[dict]:
 def _engine_rows(ctx: BenchContext, batch: int, seconds: float) -> tuple[list[dict], list[str]]:
     from hcr_model.engine import ImageInput, Protector
 
+    ctx.models.need("bundle")
     bundle = ctx.models.bundle
     chosen = [i % len(ctx.images) for i in range(batch)]
     inputs = [ImageInput(ctx.images[i].image_id, ctx.images[i].rgb) for i in chosen]
@@ -96,14 +97,12 @@ def _engine_rows(ctx: BenchContext, batch: int, seconds: float) -> tuple[list[di
 def measure(ctx: BenchContext) -> dict:
     batch, seconds = ctx.config.speed_images, ctx.config.speed_seconds
     rows = _carrier_rows(ctx, batch, seconds) + _peer_rows(ctx)
-    notes = []
-    try:
-        ctx.models.need("bundle")
-        engine_rows, engine_notes = _engine_rows(ctx, batch, seconds)
-        rows += engine_rows
-        notes += engine_notes
-    except SectionSkipped as exc:
-        notes.append(f"engine rows left out: {exc}")
+    notes: list[str] = []
+    errors: list[str] = []
+    engine = run_part(lambda: _engine_rows(ctx, batch, seconds), "engine rows", notes, errors)
+    if engine is not None:
+        rows += engine[0]
+        notes += engine[1]
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     return {
         "rows": rows,
@@ -111,4 +110,5 @@ def measure(ctx: BenchContext) -> dict:
         "device": str(ctx.device),
         "load_average_1min": load,
         "notes": notes,
+        "errors": errors,
     }

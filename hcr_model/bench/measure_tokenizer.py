@@ -1,10 +1,10 @@
 """Tokenizer: reconstruction quality against the number of scales, and codebook use per scale.
 
 On the canonical grid of every suite image: PSNR and SSIM of
-`decode(tokens, n_scales=k)` against the image for k = 1 .. K, and for each
-scale the share of codebook entries used and the perplexity of the token
-histogram (exp of its entropy in nats; the codebook size at most, 1 for a
-collapsed scale). With few images the use is bounded by the token count,
+`decode(tokens, n_scales=k)` against the image for k = 1 .. K. For each
+scale: the share of codebook entries used, and the perplexity of the token
+histogram, exp of its entropy in nats. The perplexity is at most the
+codebook size, and 1 for a collapsed scale. With few images the use is bounded by the token count,
 which each row states.
 """
 

@@ -146,5 +146,6 @@ def render(report: dict) -> str:
             continue
         lines.append(renderer(section))
         lines += [""] + [f"- {note}" for note in section.get("notes", [])]
+        lines += [f"- **error**: {error}" for error in section.get("errors", [])]
         lines.append(f"- section time {fmt(section['seconds'], 1)} s")
     return "\n".join(lines).rstrip() + "\n"

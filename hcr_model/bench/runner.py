@@ -2,8 +2,10 @@
 
 Sections: imperceptibility, robustness, localization, recovery, retrieval,
 forgery, tokenizer, speed. A section whose weights are missing is reported as
-`skipped` with the reason; a section that fails is reported as `error` with
-the exception, the other sections still run, and the exit status is 1.
+`skipped` with the reason, and a part of a section that needs a missing
+model (the audit columns, say) is left out with a note. A section or part
+that fails is reported with its exception, the other sections still run, and
+the exit status is 1.
 
 Usage:
   hcr bench --suite quick --out bench-out            # fixtures, a few minutes on 2 cores
@@ -170,7 +172,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"wrote {args.out / 'results.json'} and {args.out / 'results.md'}")
     for name, section in results.items():
         print(f"  {name}: {section['status']}" + (f" ({section['reason']})" if section["reason"] else ""))
-    return 1 if any(section["status"] == "error" for section in results.values()) else 0
+        for error in section.get("errors", []):
+            print(f"    {error}")
+    failed = any(section["status"] == "error" or section.get("errors") for section in results.values())
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -35,20 +35,30 @@ class SuiteConfig(BaseModel):
     source: str = Field(description="'fixtures' (tests/fixtures/photos) or 'test' (the test split of the cache)")
     attacks: tuple[str, ...] = Field(description="robustness attacks, names from ATTACKS ('identity' = clean)")
     peers: tuple[str, ...] = Field(("dwtDct", "dwtDctSvd", "rivaGan"), description="invisible-watermark peers")
-    rivagan_images: int = Field(description="max images RivaGAN embeds and reads (3-20 s per image on one core); 0 = all")
+    rivagan_images: int = Field(description="max images RivaGAN embeds and reads (seconds per image and read on a CPU); 0 = all")
     rivagan_attacks: tuple[str, ...] = Field(description="attacks RivaGAN is read under; empty = all of `attacks`")
-    tamper_kinds: tuple[str, ...] = Field(TAMPER_KINDS, description="tampering kinds, one edit per image and kind")
+    tamper_kinds: tuple[str, ...] = Field(TAMPER_KINDS, description="tampering kinds")
+    kinds_per_image: int = Field(0, description="edits per image, kinds taken in turn across images; 0 = every kind on every image")
     tamper_area: tuple[float, float] = Field((0.05, 0.35), description="localization: edited share of the pixels, drawn uniformly")
     recovery_area: float = Field(0.25, description="recovery: edited share of the pixels")
     post_edit: tuple[str, ...] = Field(("identity", "jpeg75"), description="processing after the edit (attack names)")
     global_attacks: tuple[str, ...] = Field(description="whole-image processing for the false-positive rows")
     forgery_estimators: tuple[str, ...] = Field(
-        ("median3", "gaussian1", "median3x2"),
-        description="copy-attack watermark estimates: filter and gain (x2 = residual doubled)",
+        ("median3", "gaussian1", "median3x2", "oracle"),
+        description="copy-attack watermark estimates: denoising filter or 'oracle' (protected - original), optional gain (x2 = doubled)",
     )
     speed_images: int = Field(8, description="images per timed batch")
     speed_seconds: float = Field(2.0, description="minimum wall time of each speed measurement, in seconds")
     seed: int = Field(0, description="seed of every random draw (payloads, edits, regions)")
+
+
+def kinds_for_image(config: SuiteConfig, index: int) -> list[tuple[int, str]]:
+    """(position in `tamper_kinds`, kind) of the edits image `index` gets."""
+    kinds = config.tamper_kinds
+    if config.kinds_per_image <= 0 or config.kinds_per_image >= len(kinds):
+        return list(enumerate(kinds))
+    first = index * config.kinds_per_image
+    return [((first + j) % len(kinds), kinds[(first + j) % len(kinds)]) for j in range(config.kinds_per_image)]
 
 
 SUITES: dict[str, SuiteConfig] = {
@@ -58,6 +68,7 @@ SUITES: dict[str, SuiteConfig] = {
         attacks=("identity", "jpeg75", "jpeg50", "blur1", "noise0.02", "resize0.5", "crop90", "brightness+30", "jpeg_resize"),
         rivagan_images=1,
         rivagan_attacks=("identity", "jpeg75"),
+        kinds_per_image=2,
         global_attacks=("jpeg75", "blur1", "resize0.5"),
         speed_images=4,
         speed_seconds=1.0,

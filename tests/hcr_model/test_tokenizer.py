@@ -167,6 +167,19 @@ def test_training_steps_lower_reconstruction_error(images):
     assert l1_error() < 0.75 * before
 
 
+def test_dead_code_restart_limits(images):
+    torch.manual_seed(0)
+    model = MultiScaleVQ(SMALL)
+    latent = model.encoder(images).detach()
+    model.init_codebooks(latent)
+    model.ema_cluster_size.zero_()  # every entry counts as dead
+
+    restarted = model.restart_dead_codes(latent)
+    # One entry per batch vector at most: 2 images give s*s*2 vectors at scale s.
+    assert restarted == [min(2 * s * s, SMALL.codebook_size) for s in SMALL.scales]
+    assert bool((model.ema_cluster_size > 0).any())
+
+
 def test_quantizer_dropout_changes_reconstruction(small_model, images):
     with torch.no_grad():
         full = small_model(images).reconstruction

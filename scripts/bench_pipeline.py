@@ -1,0 +1,186 @@
+"""Pipeline overhead: `hcr protect` / `hcr audit` through the CLI vs the bare batched model loop.
+
+Both sides run in this one invocation on the same images, so the ratio holds
+when the machine's speed drifts. The images are random crops and scalings of
+the benchmark photos (run `hcr data build` first); a share of the protected
+copies is edited with the tampering generator before the audit.
+
+The bare loop decodes each file with Pillow and calls `Protector.protect_batch`
+/ `Auditor.audit_batch` on batches of the same size as the actors use, with
+nothing else: no Prefect, no Ray, no Parquet, no object writes. Peak RSS is
+sampled from /proc every 0.2 s: the CLI's driver process and the largest
+Ray worker in its process tree.
+
+Usage: python scripts/bench_pipeline.py [--images 2000] [--workdir /tmp/hcr-bench-pipeline]
+"""
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+EDITED_SHARE = 0.10
+
+
+def process_tree_rss(root_pid: int) -> tuple[int, int]:
+    """Return (RSS of root_pid, max RSS of any descendant) in bytes, from /proc."""
+    parents, rss = {}, {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/status") as handle:
+                fields = dict(line.split(":", 1) for line in handle if ":" in line)
+        except OSError:
+            continue
+        pid = int(entry)
+        parents[pid] = int(fields.get("PPid", "0").strip())
+        rss[pid] = int(fields.get("VmRSS", "0 kB").split()[0]) * 1024
+    descendants, frontier = set(), {root_pid}
+    while frontier:
+        frontier = {pid for pid, parent in parents.items() if parent in frontier} - descendants
+        descendants |= frontier
+    return rss.get(root_pid, 0), max((rss.get(pid, 0) for pid in descendants), default=0)
+
+
+def run_cli(command: list[str], env: dict) -> dict:
+    """Run one hcr command, sampling the RSS of its process tree; return timing and peaks."""
+    start = time.perf_counter()
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    peaks = {"driver": 0, "worker": 0}
+
+    def sample() -> None:
+        while process.poll() is None:
+            driver, worker = process_tree_rss(process.pid)
+            peaks["driver"] = max(peaks["driver"], driver)
+            peaks["worker"] = max(peaks["worker"], worker)
+            time.sleep(0.2)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    output, _ = process.communicate()
+    sampler.join()
+    seconds = time.perf_counter() - start
+    if process.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed with exit code {process.returncode}:\n{output[-4000:]}")
+    return {"seconds": seconds, "driver_peak_rss_mb": peaks["driver"] / 2**20, "worker_peak_rss_mb": peaks["worker"] / 2**20}
+
+
+def make_images(target: Path, count: int, seed: int) -> None:
+    """Write `count` JPEG crops and scalings of the benchmark photos."""
+    from hcr_model.data.photos import load_photos
+
+    rng = np.random.default_rng(seed)
+    photos = load_photos()
+    target.mkdir(parents=True, exist_ok=True)
+    for index in range(count):
+        with Image.open(photos[index % len(photos)].file) as opened:
+            photo = opened.convert("RGB")
+        width, height = photo.size
+        share = rng.uniform(0.5, 1.0)
+        crop_w, crop_h = max(32, int(width * share)), max(32, int(height * share))
+        x0, y0 = int(rng.integers(0, width - crop_w + 1)), int(rng.integers(0, height - crop_h + 1))
+        side = int(rng.integers(256, 641))
+        scale = side / max(crop_w, crop_h)
+        size = (max(16, round(crop_w * scale)), max(16, round(crop_h * scale)))
+        photo.crop((x0, y0, x0 + crop_w, y0 + crop_h)).resize(size, Image.BICUBIC).save(target / f"{index:05d}.jpg", quality=92)
+
+
+def edit_share(protected: Path, target: Path, seed: int) -> int:
+    """Copy the protected archive, editing EDITED_SHARE of it; return the edited count."""
+    from hcr_model.bench.tampering import tamper
+
+    rng = np.random.default_rng(seed)
+    target.mkdir(parents=True, exist_ok=True)
+    files = sorted(protected.iterdir())
+    edited = set(rng.choice(len(files), size=int(len(files) * EDITED_SHARE), replace=False).tolist())
+    for index, path in enumerate(files):
+        if index not in edited:
+            shutil.copyfile(path, target / path.name)
+            continue
+        rgb = np.asarray(Image.open(path).convert("RGB"))
+        donor = np.asarray(Image.open(files[(index + 1) % len(files)]).convert("RGB"))
+        result = tamper(rgb, rng, donor=donor)
+        Image.fromarray(result.image).save(target / path.name, quality=95)
+    return len(edited)
+
+
+def bare_loop(folder: Path, kind: str, batch_size: int, registry: Path | None) -> dict:
+    """Decode every file and run the engine on batches; nothing else."""
+    import pyarrow.dataset as ds
+    import torch
+
+    from hcr_model.bundle import load_bundle
+    from hcr_model.engine import Auditor, ImageInput, Protector
+    from hcr_model.keys import load_key
+
+    torch.set_num_threads(1)
+    start = time.perf_counter()
+    bundle = load_bundle()
+    key = load_key()
+    if kind == "protect":
+        runner = Protector(bundle, key).protect_batch
+    else:
+        table = ds.dataset(str(registry / "registry"), format="parquet", partitioning="hive").to_table()
+        runner = Auditor(bundle, key, table).audit_batch
+    files = sorted(folder.iterdir())
+    for begin in range(0, len(files), batch_size):
+        batch = [
+            ImageInput(image_id=path.name, rgb=np.asarray(Image.open(path).convert("RGB")))
+            for path in files[begin : begin + batch_size]
+        ]
+        runner(batch)
+    return {"seconds": time.perf_counter() - start}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=2000, help="images to make (default: 2000)")
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/hcr-bench-pipeline"), help="scratch folder (replaced)")
+    parser.add_argument("--batch-size", type=int, default=8, help="images per model batch, both sides (default: 8)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the crops and edits (default: 0)")
+    args = parser.parse_args(argv)
+
+    if args.workdir.exists():
+        shutil.rmtree(args.workdir)
+    source, store, edited, results = (args.workdir / name for name in ("source", "store", "edited", "audit"))
+    make_images(source, args.images, args.seed)
+    env = dict(os.environ)
+    env.setdefault("HCR_KEY", "00112233445566778899aabbccddeeff")
+    os.environ.update(env)
+    hcr = [sys.executable, "-m", "flows.cli"]
+    batch = ["--batch-size", str(args.batch_size), "--no-progress"]
+
+    figures = {"images": args.images, "batch_size": args.batch_size}
+    figures["protect_cli"] = run_cli([*hcr, "protect", str(source), "--out", str(store), "--archive", "bench", *batch], env)
+    figures["protect_bare"] = bare_loop(source, "protect", args.batch_size, None)
+    figures["edited"] = edit_share(store / "protected" / "bench", edited, args.seed)
+    figures["audit_cli"] = run_cli(
+        [*hcr, "audit", str(edited), "--registry", str(store), "--out", str(results), "--archive", "bench", *batch], env
+    )
+    figures["audit_bare"] = bare_loop(edited, "audit", args.batch_size, store)
+
+    for job in ("protect", "audit"):
+        cli, bare = figures[f"{job}_cli"], figures[f"{job}_bare"]
+        cli["images_per_s"] = args.images / cli["seconds"]
+        bare["images_per_s"] = args.images / bare["seconds"]
+        figures[f"{job}_overhead"] = cli["seconds"] / bare["seconds"] - 1.0
+        print(
+            f"{job}: CLI {cli['images_per_s']:.2f} images/s, bare loop {bare['images_per_s']:.2f} images/s, "
+            f"overhead {figures[f'{job}_overhead']:+.1%}; peak RSS driver {cli['driver_peak_rss_mb']:.0f} MB, "
+            f"largest worker {cli['worker_peak_rss_mb']:.0f} MB"
+        )
+    print(json.dumps(figures, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,108 @@
+"""Actors: resource requests, capacity check, and workers that load the real models once."""
+
+import datetime
+import shutil
+
+import pytest
+
+from actors.pool import _check_capacity, actor_resources
+from flows import paths
+from flows.listing import list_archive
+from flows.shard import ShardSpec
+from schemas.config import ModelOptions, RayOptions, StorageOptions
+
+
+def _weights_present() -> bool:
+    try:
+        from hcr_model.bundle import weights_dir
+
+        folder = weights_dir("v1")
+    except (ImportError, FileNotFoundError):
+        return False
+    return all((folder / name).is_file() for name in ("tokenizer.pt", "localizer.pt", "recovery.pt", "calibration.json"))
+
+
+needs_weights = pytest.mark.skipif(not _weights_present(), reason="hcr_model/weights/v1 is not complete yet")
+
+
+@pytest.mark.parametrize(
+    "options, cluster, expected",
+    [
+        (RayOptions(num_actors=2), {"CPU": 8.0}, {"num_cpus": 1.0, "num_gpus": 0.0}),
+        (RayOptions(num_actors=2), {"CPU": 8.0, "GPU": 4.0}, {"num_cpus": 1.0, "num_gpus": 1.0}),
+        (RayOptions(num_actors=4), {"CPU": 8.0, "GPU": 2.0}, {"num_cpus": 1.0, "num_gpus": 0.5}),
+        (RayOptions(num_actors=1, gpus_per_actor=0.0), {"CPU": 8.0, "GPU": 1.0}, {"num_cpus": 1.0, "num_gpus": 0.0}),
+        (RayOptions(num_actors=1, cpus_per_actor=2.0), {"CPU": 8.0}, {"num_cpus": 2.0, "num_gpus": 0.0}),
+    ],
+)
+def test_actor_resources(options, cluster, expected):
+    assert actor_resources(options, cluster) == expected
+
+
+def test_capacity_check_names_the_fix():
+    options = RayOptions(num_actors=3)
+    with pytest.raises(RuntimeError, match="need 3 CPUs but the Ray cluster has 2.*--num-actors"):
+        _check_capacity(options, actor_resources(options, {"CPU": 2.0}), {"CPU": 2.0})
+
+
+def _specs(kind: str, source: str, dest: str, shard_size: int = 1) -> list[ShardSpec]:
+    entries = list_archive(source, StorageOptions())
+    state = paths.protect_state(dest, "photos") if kind == "protect" else paths.sweep_state(dest, "s1")
+    specs = []
+    for shard, start in enumerate(range(0, len(entries), shard_size)):
+        part = (
+            paths.registry_part(dest, "photos", shard)
+            if kind == "protect"
+            else paths.verdict_part(dest, datetime.date(2025, 1, 1), "photos", "s1", shard)
+        )
+        specs.append(
+            ShardSpec(
+                kind=kind, run_id="photos" if kind == "protect" else "s1", archive="photos",
+                sweep_date=datetime.date(2025, 1, 1), shard=shard, entries=entries[start : start + shard_size],
+                source=source, dest=dest, part_url=part, done_url=paths.done_marker(state, shard), batch_size=2,
+            )
+        )
+    return specs
+
+
+@needs_weights
+def test_workers_protect_then_audit(tmp_path, photos_dir):
+    from actors.audit_actor import AuditWorker
+    from actors.protect_actor import ProtectWorker
+
+    source = tmp_path / "photos"
+    source.mkdir()
+    for name in ("chelsea.jpg", "coffee.png"):
+        shutil.copy(photos_dir / name, source / name)
+    dest = str(tmp_path / "prot")
+
+    protector = ProtectWorker(ModelOptions())
+    stats = [protector.run_shard(spec) for spec in _specs("protect", str(source), dest)]
+    assert [s.counts for s in stats] == [{"protected": 1}, {"protected": 1}]
+    assert protector.describe()["shards_run"] == 2
+
+    auditor = AuditWorker(ModelOptions(), registry=dest, registry_storage=StorageOptions())
+    protected = str(tmp_path / "prot" / "protected" / "photos")
+    stats = [auditor.run_shard(spec) for spec in _specs("audit", protected, str(tmp_path / "audit"), shard_size=2)]
+    assert stats[0].counts == {"authentic": 2}
+
+
+@needs_weights
+def test_actor_loads_models_once(ray_local, tmp_path, photos_dir):
+    from actors.pool import start_protect_pool
+
+    source = tmp_path / "photos"
+    source.mkdir()
+    for name in ("chelsea.jpg", "rocket.jpg", "flower.jpg"):
+        shutil.copy(photos_dir / name, source / name)
+    pool = start_protect_pool(RayOptions(num_actors=1), ModelOptions(), local=True)
+    try:
+        before = ray_local.get(pool.actors[0].describe.remote())
+        results = [pool.run_shard(spec) for spec in _specs("protect", str(source), str(tmp_path / "prot"))]
+        after = ray_local.get(pool.actors[0].describe.remote())
+    finally:
+        pool.shutdown()
+    assert [r.images for r in results] == [1, 1, 1]
+    assert after["loaded_at"] == before["loaded_at"]
+    assert after["pid"] == before["pid"]
+    assert after["shards_run"] == 3
