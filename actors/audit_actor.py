@@ -1,4 +1,4 @@
-"""The audit worker: holds the loaded models and the registry index, audits whole shards.
+"""The audit worker: keeps the loaded models and the registry index, and audits whole shards.
 
 `AuditWorker` is a plain class; `actors.pool` wraps it as a Ray actor. It
 loads the models and the registry once, reads the key from its own

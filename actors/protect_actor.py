@@ -1,4 +1,4 @@
-"""The protect worker: holds the loaded models and protects whole shards.
+"""The protect worker: keeps the loaded models and protects whole shards.
 
 `ProtectWorker` is a plain class, so it runs in tests and in a single process;
 `actors.pool` wraps it as a Ray actor. It loads the models once, reads the

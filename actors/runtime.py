@@ -38,7 +38,7 @@ def load_models(model: ModelOptions):
 
 
 class WorkerInfo:
-    """What a worker reports about itself: its process, its models and how much it did."""
+    """Self-description of a worker: its process, its models and the shards it ran."""
 
     def _init_info(self, key_id: str, model_version: str, device) -> None:
         self.key_id = key_id

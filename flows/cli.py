@@ -3,6 +3,7 @@
     hcr protect SRC DEST [--labels FILE] ...     watermark an archive, write the registry
     hcr audit SRC DEST --registry DEST ...       one verdict row per image, masks, restored crops
     hcr verify DEST --sweep-id ID                compare a run's manifest with its results
+    hcr demo                                     protect, edit and audit the bundled photos
     hcr data build | train tokenizer|localizer|recovery | bench   (delegated to hcr_model)
 
 Exit status: 0 on success, 1 when shards failed or verify found problems,
@@ -24,6 +25,7 @@ DELEGATES = {
     "data": ("hcr_model.data.{sub}", "build the benchmark dataset: hcr data build --help"),
     "train": ("hcr_model.training.{sub}", "train a model: hcr train tokenizer|localizer|recovery --help"),
     "bench": ("hcr_model.bench.runner", "run the benchmark: hcr bench --help"),
+    "demo": ("flows.demo", "protect, edit and audit the bundled photos end to end: hcr demo --help"),
 }
 DELEGATE_SUBCOMMANDS = {"data": ("build",), "train": ("tokenizer", "localizer", "recovery")}
 HCR_LOGGERS = ("flows", "actors", "hcr_model", "schemas")
@@ -77,7 +79,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def _delegate(argv: list[str]) -> int:
-    """Run `hcr data|train|bench ...` through the owning module's main(argv)."""
+    """Run `hcr data|train|bench|demo ...` through the owning module's main(argv)."""
     command, rest = argv[0], argv[1:]
     template, _ = DELEGATES[command]
     sub = None

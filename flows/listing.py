@@ -1,6 +1,6 @@
 """List an archive (folder or prefix with images, tar and zip files) into image entries.
 
-`image_id` is the path relative to the archive root, extension kept; a member
+`image_id` is the path relative to the archive root, extension kept. A member
 of a tar or zip gets the container's relative path, `/` and the normalized
 member name (`shards/00001.tar/img/a.jpg`). `source_uri` is the file's full
 URL, and for a member fsspec's chained form
@@ -43,7 +43,7 @@ class ArchiveEntry:
     path: str  # path on the source filesystem of the file, or of the container for a member
     member: str | None = None  # member name exactly as stored in the container
     container: str | None = None  # "tar", "zip" or None for a loose file
-    size: int | None = None  # bytes of the file or member, when the listing knows it
+    size: int | None = None  # bytes of the file or member, when the listing reports it
     error: str | None = None  # why the entry is rejected without being read
 
 
@@ -170,7 +170,7 @@ def list_archive(url: str, options: StorageOptions) -> list[ArchiveEntry]:
     fs, root = storage.open_url(url, options)
     root = root.rstrip("/")
     if not storage.with_retries(lambda: fs.isdir(root), options, f"check {url}"):
-        raise NotADirectoryError(f"archive {url} is not a folder or prefix (or does not exist); pass the folder that holds the images")
+        raise NotADirectoryError(f"archive {url} is not a folder or prefix, or does not exist; pass the folder that contains the images")
 
     fs.invalidate_cache(root)
     details = storage.with_retries(lambda: fs.find(root, withdirs=False, detail=True), options, f"list {url}")

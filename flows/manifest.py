@@ -1,6 +1,6 @@
 """The run manifest: the archive's listing with a fixed image-to-shard mapping.
 
-A run lists its archive once and writes the manifest; a rerun loads it, so
+A run lists its archive once and writes the manifest. A rerun loads it, so
 each image stays in the same shard and finished shards can be skipped. Images
 are sorted by image_id and cut into consecutive shards of `shard_size`, which
 keeps the members of one tar or zip in few shards. A protect rerun may extend
@@ -38,7 +38,7 @@ _INFO_KEY = b"hcr.manifest"
 
 
 class ManifestInfo(BaseModel):
-    """What a manifest was planned for; stored in the Parquet schema metadata."""
+    """Identity of a planned run, stored in the manifest's Parquet schema metadata."""
 
     kind: str  # "audit" or "protect"
     run_id: str  # the sweep id of an audit, the archive name of a protect run

@@ -18,7 +18,7 @@ def _partitioning(schema: pa.Schema, keys: tuple[str, ...]) -> ds.Partitioning:
 
 
 def verdicts_dataset(dest: str, options: StorageOptions) -> ds.Dataset:
-    """All verdict parts under an audit destination, every sweep and archive."""
+    """Open every verdict part under an audit destination, all sweeps and archives, as one dataset."""
     fs, root = storage.open_url(paths.verdicts_root(dest), options)
     return ds.dataset(root, filesystem=fs, format="parquet", partitioning=_partitioning(VERDICT_SCHEMA, VERDICT_PARTITION_KEYS))
 
@@ -31,6 +31,6 @@ def read_verdicts(dest: str, options: StorageOptions, sweep_id: str | None = Non
 
 
 def registry_dataset(protect_dest: str, options: StorageOptions) -> ds.Dataset:
-    """All registry parts under a protect destination, every archive."""
+    """Open every registry part under a protect destination, all archives, as one dataset."""
     fs, root = storage.open_url(paths.registry_root(protect_dest), options)
     return ds.dataset(root, filesystem=fs, format="parquet", partitioning=_partitioning(REGISTRY_SCHEMA, REGISTRY_PARTITION_KEYS))

@@ -3,7 +3,7 @@
 The order is the contract: objects (protected images, masks, restored crops)
 are written while the shard runs, then the Parquet part, then the `.done`
 marker. A shard without a marker is incomplete whatever else exists, and a
-rerun redoes it, overwriting its objects and part. The marker holds the
+rerun redoes it, overwriting its objects and part. The marker contains the
 shard's stats as JSON, so a rerun can report skipped shards too.
 """
 

@@ -10,7 +10,7 @@ MAX_ERROR_EXAMPLES = 10  # error messages printed in the summary; the rows and m
 
 
 class RunSummary(BaseModel):
-    """What a protect or audit run did, over every shard of its manifest."""
+    """Outcome of a protect or audit run, over every shard of its manifest."""
 
     kind: str = Field(description="protect or audit")
     run_id: str = Field(description="sweep id (audit) or archive name (protect)")

@@ -14,7 +14,7 @@ from flows import paths, storage
 from flows.shard import ShardStats, done_shards
 from schemas.config import StorageOptions
 
-MAX_LISTED = 20  # ids printed per problem; the report holds all of them
+MAX_LISTED = 20  # ids printed per problem; the report contains all of them
 
 
 class VerifyReport(BaseModel):

@@ -77,13 +77,19 @@ def select_device(device: str | torch.device | None = None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def load_bundle(version: str = DEFAULT_VERSION, device: str | torch.device | None = None) -> ModelBundle:
-    """Load every model of a weights version in eval mode on one device."""
+def load_bundle(
+    version: str = DEFAULT_VERSION, device: str | torch.device | None = None, folder: Path | None = None
+) -> ModelBundle:
+    """Load every model of a weights version in eval mode on one device.
+
+    `folder` overrides where the weight files are read from (default: the
+    version's folder inside the package), for weights trained outside it.
+    """
     from hcr_model.localizer import load_localizer
     from hcr_model.recovery import load_recovery
     from hcr_model.tokenizer import load_tokenizer
 
-    folder = weights_dir(version)
+    folder = Path(folder) if folder is not None else weights_dir(version)
     if version not in VERSION_BYTES:
         raise BundleNotFoundError(f"weights version {version!r} has no payload version byte; known: {sorted(VERSION_BYTES)}")
     target = select_device(device)

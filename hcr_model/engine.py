@@ -88,9 +88,9 @@ class Protector:
 
     def __init__(self, bundle: ModelBundle, key: SecretKey):
         self.bundle = bundle
-        self.resolution = bundle.tokenizer.config.resolution
+        self.resolution = bundle.tokenizer.cfg.resolution
         self.carrier = DctCarrier(key, resolution=self.resolution)
-        self.codec = PayloadCodec(key, n_bits=self.carrier.n_bits, code_bits=bundle.tokenizer.code_bits)
+        self.codec = PayloadCodec(key, n_bits=self.carrier.n_bits, code_bits=bundle.tokenizer.cfg.code_bits)
 
     @torch.inference_mode()
     def protect_batch(self, images: list[ImageInput]) -> list[ProtectOutput]:
@@ -140,9 +140,9 @@ class Auditor:
         from hcr_model.retrieval import RegistryIndex
 
         self.bundle = bundle
-        self.resolution = bundle.tokenizer.config.resolution
+        self.resolution = bundle.tokenizer.cfg.resolution
         self.carrier = DctCarrier(key, resolution=self.resolution)
-        self.codec = PayloadCodec(key, n_bits=self.carrier.n_bits, code_bits=bundle.tokenizer.code_bits)
+        self.codec = PayloadCodec(key, n_bits=self.carrier.n_bits, code_bits=bundle.tokenizer.cfg.code_bits)
         self.index = RegistryIndex.from_table(registry) if registry is not None and registry.num_rows else None
 
     @torch.inference_mode()
@@ -173,7 +173,7 @@ class Auditor:
 
         # 3. Content binding: the code's coarse picture vs the received one's.
         received_tokens = tokenizer.encode(canonical)
-        hidden_scales = tokenizer.config.hidden_scales
+        hidden_scales = tokenizer.cfg.hidden_scales
         code_tokens = self._code_tokens(decoded, received_tokens, hidden_scales)
         code_picture = tokenizer.decode(code_tokens, n_scales=hidden_scales)
         received_picture = tokenizer.decode(received_tokens, n_scales=hidden_scales)
@@ -282,13 +282,13 @@ class Auditor:
         if self.index is None:
             return [None] * len(decoded)
         tokenizer = self.bundle.tokenizer
-        hidden_scales = tokenizer.config.hidden_scales
+        hidden_scales = tokenizer.cfg.hidden_scales
         embeddings = tokenizer.code_embedding(code_tokens).float()
         code_bits = tokenizer.hidden_code(code_tokens)
         for i, picture in restored.items():
             if not valid[i]:
                 own = tokenizer.encode(picture)[:hidden_scales]
                 embeddings[i] = tokenizer.code_embedding(own).float()[0]
-        matches = self.index.lookup(code_bits, embeddings.cpu().numpy())
         # An invalid payload's code is the image's own: only the embedding search is meaningful.
+        matches = self.index.lookup(code_bits, embeddings.cpu().numpy(), code_valid=valid)
         return [match if (valid[i] or i in restored) else None for i, match in enumerate(matches)]

@@ -83,22 +83,23 @@ def luma_to_rgb(delta: torch.Tensor) -> torch.Tensor:
     return delta.expand(-1, 3, -1, -1)
 
 
-def add_residual(x: torch.Tensor, residual: torch.Tensor, passes: int = 2) -> torch.Tensor:
+def add_residual(x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
     """Add a watermark residual (B, 3, H, W) to images in [0, 1] and clamp, keeping its luma change.
 
     Plain clamping loses the residual wherever a channel saturates (a bright red
-    flower, a white sky), and the watermark lives in luma. Each pass moves the
-    luma that clamping lost into the channels that still have headroom,
-    spreading at most 3 times the lost amount per channel. Pixels with no
-    headroom in the needed direction keep the clamped value.
+    flower, a white sky), and the watermark lives in luma. The luma that
+    clamping lost moves into the channels that still have headroom, at most
+    3 times the lost amount per channel. Pixels with no headroom in the needed
+    direction keep the clamped value.
     """
-    target = rgb_to_luma(residual)  # (B, 1, H, W) luma change to reach
-    out = (x + residual).clamp(0.0, 1.0)
+    raw = x + residual
+    out = raw.clamp(0.0, 1.0)
     weights = torch.tensor(LUMA_WEIGHTS, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-    for _ in range(passes):
-        missing = target - rgb_to_luma(out - x)
-        free = torch.where(missing > 0, out < 1.0, out > 0.0).to(x.dtype)  # channels that can still move
-        share = (free * weights).sum(dim=1, keepdim=True)
-        step = (missing / share.clamp(min=1e-3)).clamp(-3 * missing.abs(), 3 * missing.abs())
-        out = (out + step * free).clamp(0.0, 1.0)
-    return out
+    missing = ((raw - out) * weights).sum(dim=1, keepdim=True)  # (B, 1, H, W) luma lost to clamping
+    if not bool(missing.any()):
+        return out
+    free = torch.where(missing > 0, out < 1.0, out > 0.0).to(x.dtype)  # channels that can still move
+    share = (free * weights).sum(dim=1, keepdim=True)
+    limit = 3 * missing.abs()
+    step = (missing / share.clamp(min=1e-3)).clamp(-limit, limit)
+    return (out + step * free).clamp(0.0, 1.0)

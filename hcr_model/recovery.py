@@ -247,6 +247,25 @@ class RecoveryTransformer(nn.Module):
         among the top_k tokens, drawing from `generator` (on the model's device).
         Returns all K scales; tokens outside the mask are the received ones.
         """
+        tokens, _ = self.restore_distributions(code_tokens, received_tokens, mask, temperature, top_k, generator)
+        return tokens
+
+    @torch.no_grad()
+    def restore_distributions(
+        self,
+        code_tokens: list[torch.Tensor],
+        received_tokens: list[torch.Tensor],
+        mask: torch.Tensor,
+        temperature: float = 0.0,
+        top_k: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> tuple[list[torch.Tensor], dict[int, torch.Tensor]]:
+        """Run `restore_tokens` and also return each predicted scale's token probabilities.
+
+        Returns (tokens, probabilities), where probabilities[k] is (B, s, s, V)
+        for every scale index k that had a masked position (temperature 1, no
+        top-k, whatever the sampling settings).
+        """
         cfg = self.config
         if len(received_tokens) != len(cfg.scales):
             raise ValueError(f"received_tokens has {len(received_tokens)} scales, the model expects {len(cfg.scales)}")
@@ -259,8 +278,10 @@ class RecoveryTransformer(nn.Module):
         ]
         tokens = flatten_pyramid(pyramid).long()
         masked = flatten_pyramid(token_masks(mask.to(device), cfg.scales, cfg.n_code_scales))
-        self._fill_scales(tokens, masked, range(cfg.n_code_scales, len(cfg.scales)), temperature, top_k, generator)
-        return split_pyramid(tokens, cfg.scales)
+        probabilities = self._fill_scales(
+            tokens, masked, range(cfg.n_code_scales, len(cfg.scales)), temperature, top_k, generator
+        )
+        return split_pyramid(tokens, cfg.scales), probabilities
 
     @torch.no_grad()
     def generate(
@@ -290,9 +311,13 @@ class RecoveryTransformer(nn.Module):
         temperature: float,
         top_k: int | None,
         generator: torch.Generator | None,
-    ) -> None:
-        """Predict the masked tokens of each scale in `scale_range` in order, writing into `tokens`."""
+    ) -> dict[int, torch.Tensor]:
+        """Predict the masked tokens of each scale in `scale_range` in order, writing into `tokens`.
+
+        Returns the softmax (B, s, s, V) of every scale index that was predicted.
+        """
         cfg = self.config
+        probabilities = {}
         for k in scale_range:
             where = self.layout.slice(k)
             if not masked[:, where].any():
@@ -306,6 +331,9 @@ class RecoveryTransformer(nn.Module):
             logits = self(inputs, states, select).float().reshape(tokens.shape[0], -1, cfg.vocab_size)  # (B, s*s, V)
             predicted = sample_tokens(logits, temperature, top_k, generator)
             tokens[:, where] = torch.where(masked[:, where], predicted, tokens[:, where])
+            side = cfg.scales[k]
+            probabilities[k] = logits.softmax(dim=-1).reshape(tokens.shape[0], side, side, cfg.vocab_size)
+        return probabilities
 
 
 def sample_tokens(
@@ -371,6 +399,38 @@ def composite(received: torch.Tensor, decoded: torch.Tensor, mask: torch.Tensor,
 
 
 @torch.no_grad()
+def decode_expected(
+    tokenizer: nn.Module,
+    tokens: list[torch.Tensor],
+    probabilities: dict[int, torch.Tensor],
+    masks: list[torch.Tensor],
+) -> torch.Tensor:
+    """Decode with each masked token replaced by its expected codebook vector.
+
+    The expectation of the codebook vector under the predicted distribution
+    is the latent that minimises the expected squared error. Where the model
+    is unsure, it averages the candidates instead of betting on one, which
+    gives a higher PSNR than the most likely token.
+    tokens: all K scales; probabilities[k]: (B, s, s, V); masks: [(B, s, s) bool].
+    Returns (B, 3, R, R) in [0, 1].
+    NOTE: this reads the tokenizer's codebooks, refinement convs and bicubic
+    upsampling (`_upsample`) directly, mirroring `latent_from_tokens`.
+    """
+    codebooks = tokenizer.codebooks  # (K, V, C)
+    latent_hw = tuple(tokens[-1].shape[-2:])
+    latent = None
+    for k, indices in enumerate(tokens):
+        vectors = codebooks[k][indices.to(codebooks.device).long()]  # (B, s, s, C)
+        if k in probabilities:
+            expected = probabilities[k].to(codebooks.dtype) @ codebooks[k]  # (B, s, s, C)
+            vectors = torch.where(masks[k].to(codebooks.device)[..., None], expected, vectors)
+        contribution = tokenizer.refine[k](tokenizer._upsample(vectors.permute(0, 3, 1, 2), latent_hw))
+        latent = contribution if latent is None else latent + contribution
+    decoder_dtype = next(tokenizer.decoder.parameters()).dtype
+    return tokenizer.decoder(latent.to(decoder_dtype)).float().clamp(0.0, 1.0)
+
+
+@torch.no_grad()
 def restore_image(
     tokenizer: nn.Module,
     model: RecoveryTransformer,
@@ -378,6 +438,7 @@ def restore_image(
     code_tokens: list[torch.Tensor],
     mask: torch.Tensor,
     band_px: int = 6,
+    expected: bool = True,
     temperature: float = 0.0,
     top_k: int | None = None,
     generator: torch.Generator | None = None,
@@ -385,16 +446,25 @@ def restore_image(
     """Restore the masked region of received images at the working resolution.
 
     received: (B, 3, R, R) in [0, 1]; code_tokens: the payload's S scales;
-    mask: (B, 1, R, R) bool. Returns (B, 3, R, R): received pixels outside the
-    mask (bit-identical), decoded recovered tokens inside it (see `composite`).
-    Resizing back to the input's full resolution is the caller's job.
+    mask: (B, 1, R, R) bool. With `expected` (the default), masked positions
+    decode to their expected codebook vectors (`decode_expected`), else to
+    the chosen tokens. Returns (B, 3, R, R): received pixels outside the mask
+    (bit-identical), decoded pixels inside it (see `composite`). Resizing
+    back to the input's full resolution is the caller's job.
     """
     if mask.dtype != torch.bool:
         mask = mask > 0.5
+    cfg = model.config
     received_tokens = tokenizer.encode(received, prefix=code_tokens)
-    tokens = model.restore_tokens(code_tokens, received_tokens, mask, temperature, top_k, generator)
-    decoded = tokenizer.decode(tokens).clamp(0.0, 1.0)
-    return composite(received, decoded.to(received.dtype), mask, band_px)
+    tokens, probabilities = model.restore_distributions(
+        code_tokens, received_tokens, mask, temperature, top_k, generator
+    )
+    if expected:
+        masks = token_masks(mask, cfg.scales, cfg.n_code_scales)
+        decoded = decode_expected(tokenizer, tokens, probabilities, masks)
+    else:
+        decoded = tokenizer.decode(tokens).clamp(0.0, 1.0)
+    return composite(received, decoded.to(received.device, received.dtype), mask, band_px)
 
 
 def save_recovery(model: RecoveryTransformer, path: str | Path, metadata: dict | None = None) -> None:

@@ -2,9 +2,9 @@
 
 An image (B, 3, R, R) in [0, 1] is encoded to a latent f (B, C, R/16, R/16).
 Residual quantization then runs over the scales (1, 2, 3, 4, 6, 8, 12, 16 by
-default): at scale s the residual left by the coarser scales is
-area-downsampled to s×s, each vector is replaced by its nearest entry of that
-scale's codebook, and the quantized map is upsampled (bicubic) back to the
+default). At scale s the residual left by the coarser scales is
+area-downsampled to s×s, and each vector is replaced by its nearest entry of
+that scale's codebook. The quantized map is upsampled (bicubic) back to the
 latent size through a light refinement conv and subtracted from the residual.
 The decoder maps the sum of the scales' contributions back to pixels.
 
@@ -55,7 +55,7 @@ class TokenizerConfig(BaseModel):
 
     @property
     def token_bits(self) -> int:
-        return int(math.ceil(math.log2(self.codebook_size)))
+        return math.ceil(math.log2(self.codebook_size))
 
     @property
     def latent_size(self) -> int:
@@ -143,11 +143,14 @@ class CodeHead(nn.Module):
     ``forward`` maps the prefix latent (B, C, 16, 16) to the unnormalized code
     embedding (B, D). ``predict_teacher`` maps that embedding to the 1280
     MobileNetV2 pooled features, used only by the distillation loss.
+
+    NOTE: only the distillation loss trains this head. Weights trained with
+    ``--no-distill`` give a random projection of the prefix latent.
     """
 
     def __init__(self, code_dim: int, embedding_dim: int, teacher_dim: int = 1280) -> None:
         super().__init__()
-        # Pool to 4×4 first: the prefix latent only holds 1×1 to 3×3 detail.
+        # Pool to 8×8 and reduce to 4×4, because the prefix latent has little detail beyond a 3×3 grid.
         self.convs = nn.Sequential(
             nn.AdaptiveAvgPool2d(8),
             nn.Conv2d(code_dim, 96, 3, padding=1),
@@ -167,7 +170,7 @@ class CodeHead(nn.Module):
 
 @dataclass
 class QuantizeOutput:
-    """What residual quantization of one batch produced."""
+    """Result of the residual quantization of one batch."""
 
     tokens: list[torch.Tensor]  # per scale (B, s, s) int64
     contributions: list[torch.Tensor]  # per scale (B, C, h, w), straight-through to the encoder
@@ -453,7 +456,7 @@ class MultiScaleVQ(nn.Module):
             raise ValueError(f"need at least {c.hidden_scales} scales of tokens, got {len(tokens)}")
         flat = torch.cat([t.reshape(t.shape[0], -1) for t in tokens[: c.hidden_scales]], dim=1).cpu().numpy()
         if flat.shape[1] != c.code_tokens:
-            raise ValueError(f"hidden-code scales hold {flat.shape[1]} tokens, expected {c.code_tokens} (tokens at R={c.resolution})")
+            raise ValueError(f"hidden-code scales contain {flat.shape[1]} tokens, expected {c.code_tokens} (tokens at R={c.resolution})")
         shifts = np.arange(c.token_bits - 1, -1, -1)
         bits = (flat[:, :, None] >> shifts[None, None, :]) & 1
         return bits.reshape(flat.shape[0], -1).astype(np.uint8)
@@ -469,7 +472,7 @@ class MultiScaleVQ(nn.Module):
         weights = 1 << np.arange(c.token_bits - 1, -1, -1)
         values = (arr.reshape(arr.shape[0], c.code_tokens, c.token_bits) * weights).sum(-1)
         if values.max(initial=0) >= c.codebook_size:
-            raise ValueError(f"code holds a token index >= codebook size {c.codebook_size}")
+            raise ValueError(f"invalid hidden code: a token index is >= the codebook size {c.codebook_size}")
 
         tokens, start = [], 0
         for s in c.scales[: c.hidden_scales]:

@@ -16,7 +16,7 @@ class _Options(BaseModel):
 
 
 class StorageOptions(_Options):
-    """Where and how to reach object storage."""
+    """Object storage access: the S3 endpoint and retries."""
 
     s3_endpoint_url: str | None = Field(
         default=None,
@@ -30,7 +30,7 @@ class StorageOptions(_Options):
 
 
 class RayOptions(_Options):
-    """The Ray cluster and the actor pool that holds the models."""
+    """Ray cluster and actor pool settings; each actor keeps one copy of the models."""
 
     address: str | None = Field(
         default=None,
@@ -60,7 +60,7 @@ class PrefectOptions(_Options):
 
 
 class ModelOptions(_Options):
-    """Which weights to load and where."""
+    """Weights version, device and key file of the actors."""
 
     version: str = Field(default="v1", description="weights version shipped in hcr_model/weights/")
     device: str | None = Field(
@@ -93,7 +93,7 @@ class LimitOptions(_Options):
 
 
 class PlanOptions(_Options):
-    """How a run splits its archive into shards."""
+    """Sharding of the archive."""
 
     shard_size: int = Field(default=256, ge=1, description="images per shard (count)")
 
@@ -137,13 +137,4 @@ class AuditConfig(RunOptions):
     sweep_id: str | None = Field(
         default=None, description="sweep id; default: ARCHIVE-YYYYMMDD (UTC), so a rerun on the same day resumes"
     )
-
-
-class VerifyConfig(_Options):
-    """`hcr verify DEST`: compare a run's manifest with its results."""
-
-    dest: str = Field(description="destination URL of the run")
-    sweep_id: str | None = Field(default=None, description="audit sweep to verify")
-    archive: str | None = Field(default=None, description="protect run (archive name) to verify, when no sweep id is given")
-    storage: StorageOptions = Field(default_factory=StorageOptions)
 

@@ -16,6 +16,7 @@ import argparse
 import json
 import logging
 from datetime import datetime, timezone
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -41,20 +42,21 @@ def quantize(x: torch.Tensor) -> torch.Tensor:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", default="v1", help="weights version to calibrate (default: v1)")
+    parser.add_argument("--folder", type=Path, default=None, help="weights folder (default: the version's folder in the package)")
     parser.add_argument("--limit", type=int, default=120, help="validation tiles to use (default: 120)")
     parser.add_argument("--batch-size", type=int, default=16, help="tiles per batch (default: 16)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     torch.set_num_threads(1)
 
-    folder = weights_dir(args.version)
+    folder = args.folder or weights_dir(args.version)
     tokenizer = load_tokenizer(folder / "tokenizer.pt").eval()
     key = SecretKey(bytes(range(16)))  # calibration only: thresholds do not depend on the key
-    carrier = DctCarrier(key, resolution=tokenizer.config.resolution)
-    codec = PayloadCodec(key, n_bits=carrier.n_bits, code_bits=tokenizer.code_bits)
-    hidden_scales = tokenizer.config.hidden_scales
+    carrier = DctCarrier(key, resolution=tokenizer.cfg.resolution)
+    codec = PayloadCodec(key, n_bits=carrier.n_bits, code_bits=tokenizer.cfg.code_bits)
+    hidden_scales = tokenizer.cfg.hidden_scales
 
-    dataset = TileDataset(load_photos("val"), resolution=tokenizer.config.resolution, augment=False)
+    dataset = TileDataset(load_photos("val"), resolution=tokenizer.cfg.resolution, augment=False)
     count = min(args.limit, len(dataset))
     attacks = [name for name in CALIBRATION_ATTACKS if name in ATTACKS]
     missing = sorted(set(CALIBRATION_ATTACKS) - set(attacks))

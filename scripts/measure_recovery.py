@@ -6,8 +6,11 @@ time (25 % area, random shape), and JPEG 75 optionally follows the edit. The
 image is then restored with the ground-truth mask and the original's hidden
 code, which is what a valid payload supplies. In-mask PSNR and SSIM against the original are
 reported for:
-- `transformer`: the recovery Transformer (greedy), composited by `composite`;
-- `transformer_no_seam`: the same without the seam correction (band 0);
+- `transformer`: the recovery Transformer (greedy), masked positions decoded
+  to their expected codebook vectors, composited by `composite`;
+- `transformer_argmax`: the same, decoding the chosen tokens;
+- `transformer_no_seam`: `transformer` without the seam correction (band 0);
+- `oracle`: the original's own tokens decoded (the tokenizer's ceiling);
 - `code_only`: decoding the hidden code's scales alone;
 - `code_fine`: the hidden code plus the received fine tokens outside the
   mask, with the masked fine positions left out of the latent sum (no
@@ -52,14 +55,16 @@ from skimage.metrics import structural_similarity
 from hcr_model.bench.attacks import jpeg_pillow
 from hcr_model.bench.tampering import SHAPES, TAMPER_KINDS, tamper
 from hcr_model.imaging import to_canonical
-from hcr_model.recovery import composite, load_recovery, token_masks
+from hcr_model.recovery import composite, decode_expected, load_recovery, token_masks
 from hcr_model.retrieval import RegistryIndex, pack_code
 from hcr_model.tokenizer import load_tokenizer
 
 logger = logging.getLogger("measure_recovery")
 
 AREA = 0.25
-METHODS = ("transformer", "transformer_no_seam", "code_fine", "code_only", "telea", "ns", "received")
+METHODS = (
+    "transformer", "transformer_argmax", "transformer_no_seam", "oracle", "code_fine", "code_only", "telea", "ns", "received",
+)
 
 
 # ---- data ---------------------------------------------------------------------------
@@ -139,17 +144,21 @@ def opencv_inpaint(received: torch.Tensor, mask: torch.Tensor, method: int) -> t
 def restore_all(tokenizer, model, original, received, mask, band_px: int) -> dict[str, torch.Tensor]:
     """Run every method on one batch; each result is (B, 3, R, R)."""
     n_code = model.config.n_code_scales
-    code = tokenizer.encode(original)[:n_code]
+    original_tokens = tokenizer.encode(original)
+    code = original_tokens[:n_code]
     received_tokens = tokenizer.encode(received, prefix=code)
     masks = token_masks(mask, model.config.scales, n_code)
 
-    restored = model.restore_tokens(code, received_tokens, mask)
-    decoded = tokenizer.decode(restored)
+    restored, probabilities = model.restore_distributions(code, received_tokens, mask)
+    expected = decode_expected(tokenizer, restored, probabilities, masks)
+    argmax = tokenizer.decode(restored)
     code_only = tokenizer.decode(code, n_scales=n_code)
     code_fine = decode_without_masked(tokenizer, received_tokens, masks, n_code)
     return {
-        "transformer": composite(received, decoded, mask, band_px),
-        "transformer_no_seam": composite(received, decoded, mask, 0),
+        "transformer": composite(received, expected, mask, band_px),
+        "transformer_argmax": composite(received, argmax, mask, band_px),
+        "transformer_no_seam": composite(received, expected, mask, 0),
+        "oracle": composite(received, tokenizer.decode(original_tokens), mask, band_px),
         "code_fine": composite(received, code_fine, mask, band_px),
         "code_only": composite(received, code_only, mask, band_px),
         "telea": opencv_inpaint(received, mask, cv2.INPAINT_TELEA),
@@ -221,9 +230,9 @@ def measure_recovery(tokenizer, model, images, categories, batch_size, band_px, 
             }
             t = results[name]["recovery"]
             logger.info(
-                "%s: PSNR transformer %.2f, code_fine %.2f, code_only %.2f, telea %.2f, ns %.2f; "
+                "%s: PSNR transformer %.2f, oracle %.2f, code_fine %.2f, code_only %.2f, telea %.2f, ns %.2f; "
                 "top-1 image %.3f (%.0f s)",
-                name, t["transformer"]["psnr"], t["code_fine"]["psnr"], t["code_only"]["psnr"], t["telea"]["psnr"],
+                name, t["transformer"]["psnr"], t["oracle"]["psnr"], t["code_fine"]["psnr"], t["code_only"]["psnr"], t["telea"]["psnr"],
                 t["ns"]["psnr"], results[name]["retrieval_top1"]["transformer"]["image"], time.monotonic() - started,
             )
     return results

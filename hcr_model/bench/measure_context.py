@@ -105,14 +105,19 @@ def load_models(version: str, folder: Path | None, device: torch.device) -> Load
     if absent:
         models.missing["bundle"] = f"the audit engine needs every model; missing {', '.join(absent)}"
         return models
+    if version not in VERSION_BYTES:
+        models.missing["bundle"] = f"weights version {version!r} has no payload version byte; known: {sorted(VERSION_BYTES)}"
+        return models
     try:
         calibration = load_calibration(folder)
     except (FileNotFoundError, KeyError, ValueError) as exc:
         models.missing["bundle"] = f"{type(exc).__name__}: {exc}"
         return models
+
+    # The fields `bundle.load_bundle` fills, from the models loaded above.
     models.bundle = ModelBundle(
         version=version,
-        version_byte=VERSION_BYTES.get(version, 1),
+        version_byte=VERSION_BYTES[version],
         tokenizer=models.tokenizer,
         localizer=models.localizer.model,
         localizer_threshold=float(models.localizer.threshold),
@@ -257,6 +262,8 @@ class BenchContext:
         for start in range(0, len(rgbs), BATCH):
             batch = [ImageInput(ids[i], rgbs[i]) for i in range(start, min(len(rgbs), start + BATCH))]
             out.extend(self.auditor.audit_batch(batch))
+            if (start // BATCH) % 10 == 9:
+                logger.info("audited %d / %d images", len(out), len(rgbs))
         return out
 
     # ---- tampering -----------------------------------------------------------

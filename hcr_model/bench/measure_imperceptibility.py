@@ -53,7 +53,7 @@ def _random_bits(ctx: BenchContext, method: str, count: int) -> list[np.ndarray]
 def _hcr_sets(ctx: BenchContext, indices: list[int]) -> list[MarkedSet]:
     protected = [ctx.protected[i] for i in indices]
     full = MarkedSet("hcr", indices, [p.rgb for p in protected], [p.carrier_bits for p in protected], None)
-    full.note = f"{ctx.carrier.n_bits} carrier bits: {ctx.protection_path}"
+    full.note = "full payload (version, hidden code, MAC, BCH)"
 
     carrier32 = DctCarrier(ctx.key, n_bits=PEER_BITS, resolution=ctx.resolution)
     bits = _random_bits(ctx, "hcr-32", len(indices))

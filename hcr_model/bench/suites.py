@@ -77,8 +77,9 @@ SUITES: dict[str, SuiteConfig] = {
         name="full",
         source="test",
         attacks=tuple(ATTACKS),
-        rivagan_images=6,
+        rivagan_images=4,
         rivagan_attacks=(),
+        kinds_per_image=3,
         global_attacks=("jpeg90", "jpeg75", "jpeg50", "blur1", "noise0.02", "resize0.5", "brightness+30", "contrast-30"),
     ),
 }

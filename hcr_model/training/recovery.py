@@ -17,8 +17,9 @@ and a random recovered depth d in S..K-1: inside the mask, scales < d hold the
 ground-truth tokens (as if recovered) and scales >= d hold [MASK], which is the
 input of inference step d. A share of samples is fully masked with d in
 0..K-1, which trains the unconditional generator used for in-generation
-watermarking. The loss is cross-entropy on the [MASK] positions only: the mean
-over scale d plus half the mean over the finer scales.
+watermarking. The loss covers the [MASK] positions only: cross-entropy plus the
+normalised squared error of the expected codebook vector (which restoration
+decodes), averaged over scale d plus half the average over the finer scales.
 
 Training resumes from ``OUT/last.pt``; ``--minutes`` is the total budget across
 resumes and includes the one-off token caching.
@@ -292,20 +293,63 @@ def sample_batch(
     return make_batch(clean, received, masked, depth, config, scale_of_position)
 
 
-def batch_loss(model: RecoveryTransformer, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
-    """Cross-entropy on [MASK] positions: mean over scale d + FINER_SCALES_WEIGHT x mean over finer scales."""
+class LatentTargets:
+    """The tokenizer's codebooks, for the expected-vector loss: (K, V, C) and each scale's mean squared norm (K,)."""
+
+    def __init__(self, codebooks: torch.Tensor) -> None:
+        self.codebooks = codebooks.detach().float()
+        self.norms = self.codebooks.pow(2).sum(-1).mean(-1).clamp(min=1e-8)
+
+    def to(self, device: torch.device) -> LatentTargets:
+        return LatentTargets(self.codebooks.to(device))
+
+    def errors(self, logits: torch.Tensor, targets: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+        """(M,) squared error of the expected codebook vector against the target token's vector.
+
+        logits (M, V), targets (M,), scales (M,) scale index of each position.
+        Each error is divided by its scale's mean squared codebook norm, so the
+        small residuals of fine scales weigh as much as the coarse ones.
+        """
+        probs = logits.float().softmax(-1)
+        errors = torch.zeros(targets.shape[0], device=logits.device)
+        for k in scales.unique().tolist():
+            rows = scales == k
+            expected = probs[rows] @ self.codebooks[k]
+            target = self.codebooks[k][targets[rows]]
+            errors[rows] = (expected - target).pow(2).sum(-1) / self.norms[k]
+        return errors
+
+
+def batch_loss(
+    model: RecoveryTransformer, batch: Batch, latent: LatentTargets | None = None, latent_weight: float = 0.0
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Loss on [MASK] positions only: the mean over scale d plus FINER_SCALES_WEIGHT x the mean over finer scales.
+
+    Per position: cross-entropy, plus `latent_weight` x the normalised squared
+    error of the expected codebook vector (what `decode_expected` decodes).
+    """
     pending = batch.pending
     logits = model(batch.inputs, batch.states, pending)  # (M, V) at the pending positions
-    losses = F.cross_entropy(logits.float(), batch.targets[pending], reduction="none")
+    targets = batch.targets[pending]
+    ce = F.cross_entropy(logits.float(), targets, reduction="none")
+    losses = ce
+    scalars = {}
+    if latent is not None and latent_weight > 0:
+        scales = model.scale_of_position[None].expand_as(pending)[pending]
+        latent_errors = latent.errors(logits, targets, scales)
+        losses = ce + latent_weight * latent_errors
+        scalars["latent_mse"] = latent_errors.mean().item()
+
     is_next = batch.next_scale[pending]
     next_loss = losses[is_next].mean() if is_next.any() else losses.sum() * 0.0
     finer_loss = losses[~is_next].mean() if (~is_next).any() else losses.sum() * 0.0
     loss = NEXT_SCALE_WEIGHT * next_loss + FINER_SCALES_WEIGHT * finer_loss
 
     with torch.no_grad():
-        correct = logits.argmax(-1) == batch.targets[pending]
+        correct = logits.argmax(-1) == targets
         next_acc = correct[is_next].float().mean().item() if is_next.any() else float("nan")
-    return loss, {"loss": loss.item(), "ce_next": next_loss.item(), "ce_finer": finer_loss.item(), "acc_next": next_acc}
+        next_ce = ce[is_next].mean().item() if is_next.any() else float("nan")
+    return loss, {"loss": loss.item(), "ce_next": next_ce, "acc_next": next_acc, **scalars}
 
 
 @torch.no_grad()
@@ -314,15 +358,16 @@ def evaluate(
     tokens: TokenSet,
     config: RecoveryConfig,
     device: torch.device,
+    latent: LatentTargets,
     batch_size: int = 16,
 ) -> dict[str, float]:
-    """Next-scale cross-entropy and accuracy on the tampered validation samples, per recovered depth."""
+    """Next-scale cross-entropy, accuracy and expected-vector error on the edited validation samples."""
     model.eval()
     scale_of_position = model.scale_of_position
     results: dict[str, float] = {}
-    total_ce, total_correct, total_count = 0.0, 0, 0
+    total_ce, total_correct, total_count, total_latent = 0.0, 0, 0, 0.0
     for k in range(config.n_code_scales, len(config.scales)):
-        ce, correct, count = 0.0, 0, 0
+        ce, correct, count, latent_error = 0.0, 0, 0, 0.0
         for start in range(0, tokens.clean.shape[0], batch_size):
             rows = slice(start, start + batch_size)
             depth = torch.full((tokens.clean[rows].shape[0],), k, dtype=torch.long)
@@ -341,11 +386,15 @@ def evaluate(
             ce += F.cross_entropy(logits, targets, reduction="sum").item()
             correct += int((logits.argmax(-1) == targets).sum())
             count += targets.numel()
+            latent_error += latent.errors(logits, targets, torch.full_like(targets, k)).sum().item()
         scale = config.scales[k]
         results[f"val_acc_s{scale}"] = correct / max(count, 1)
+        results[f"val_latent_s{scale}"] = latent_error / max(count, 1)
         total_ce, total_correct, total_count = total_ce + ce, total_correct + correct, total_count + count
+        total_latent += latent_error
     results["val_ce_next"] = total_ce / max(total_count, 1)
     results["val_acc_next"] = total_correct / max(total_count, 1)
+    results["val_latent_next"] = total_latent / max(total_count, 1)
     model.train()
     return results
 
@@ -378,6 +427,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=16, help="samples per step")
     p.add_argument("--lr", type=float, default=1e-3, help="peak AdamW learning rate (cosine schedule over the wall budget)")
     p.add_argument("--weight-decay", type=float, default=0.05, help="AdamW weight decay")
+    p.add_argument("--latent-weight", type=float, default=1.0, help="weight of the expected-codebook-vector error beside the cross-entropy")
 
     p.add_argument("--dim", type=int, default=128, help="Transformer width")
     p.add_argument("--depth", type=int, default=4, help="Transformer blocks")
@@ -444,6 +494,7 @@ def main(argv: list[str] | None = None) -> int:
         tokenizer, digest, args.data, "val", args.val_crops_per_photo, args.jpeg_prob, 1.0,
         args.seed + 1, cache_dir, device, args.max_photos,
     )
+    latent = LatentTargets(tokenizer.codebooks).to(device)
     del tokenizer
     bank_path = cache_dir / f"masks-r{tcfg.resolution}-n{args.mask_bank}-s{args.seed}-{'x'.join(map(str, config.scales))}.pt"
     if bank_path.is_file():
@@ -489,7 +540,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         batch = Batch(*(t.to(device) for t in (batch.inputs, batch.states, batch.pending, batch.next_scale, batch.targets)))
         with autocast(device):
-            loss, scalars = batch_loss(model, batch)
+            loss, scalars = batch_loss(model, batch, latent, args.latent_weight)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -500,7 +551,7 @@ def main(argv: list[str] | None = None) -> int:
         if step % args.log_every == 0:
             metrics.flush(step, budget, lr=optimizer.param_groups[0]["lr"])
         if step % args.eval_every == 0:
-            result = evaluate(model, val_tokens, config, device)
+            result = evaluate(model, val_tokens, config, device, latent)
             logger.info("step %d validation %s", step, " ".join(f"{k}={v:.4g}" for k, v in result.items()))
             metrics.record(step, **result)
         if time.monotonic() - last_save > args.ckpt_minutes * 60:
@@ -508,7 +559,7 @@ def main(argv: list[str] | None = None) -> int:
             last_save = time.monotonic()
 
     save()
-    result = evaluate(model, val_tokens, config, device)
+    result = evaluate(model, val_tokens, config, device, latent)
     metrics.record(step, final=True, **result)
     logger.info("finished at step %d after %.1f min: %s", step, budget.spent / 60, " ".join(f"{k}={v:.4g}" for k, v in result.items()))
 

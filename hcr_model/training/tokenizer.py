@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import random
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -34,8 +34,8 @@ from hcr_model.training.common import (
     autocast,
     configure_threads,
     cosine_lr,
-    select_device,
     seed_everything,
+    select_device,
     setup_logging,
 )
 
@@ -209,47 +209,53 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train the multi-scale residual VQ-VAE tokenizer; resumes from OUT/last.pt.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="run folder for checkpoints and metrics.jsonl")
-    p.add_argument("--minutes", type=float, default=55.0, help="total wall-clock training budget in minutes, across resumes")
-    p.add_argument("--max-steps", type=int, default=0, help="stop after this many steps (0: only the wall budget stops training)")
-    p.add_argument("--data", choices=("photos", "fixtures"), default="photos", help="benchmark photos (train split) or the wheel fixture photos")
-    p.add_argument("--resolution", type=int, default=256, help="working resolution R in pixels")
-    p.add_argument("--crop-size", type=int, default=128, help="side of the small training crops in pixels")
-    p.add_argument("--batch-size", type=int, default=8, help="small crops per step")
-    p.add_argument("--full-batch-size", type=int, default=2, help="R × R crops per full-size step")
-    p.add_argument("--full-every", type=int, default=3, help="every N-th step trains on R × R crops (0: never)")
-    p.add_argument("--lr", type=float, default=4e-4, help="peak AdamW learning rate (cosine schedule over the wall budget)")
-    p.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW weight decay")
-    p.add_argument("--grad-weight", type=float, default=0.5, help="weight of the image-gradient L1 loss")
-    p.add_argument("--commit-weight", type=float, default=0.25, help="weight of the commitment loss")
-    p.add_argument("--refine-weight", type=float, default=1.0, help="weight of the per-scale refinement loss")
-    p.add_argument("--distill-weight", type=float, default=0.2, help="weight of the cosine distillation loss")
-    p.add_argument("--no-distill", action="store_true", help="turn semantic distillation off (ablation)")
-    p.add_argument("--teacher-size", type=int, default=160, help="input side of the MobileNetV2 teacher in pixels")
-    p.add_argument("--drop-prob", type=float, default=0.3, help="share of images decoded from a random prefix of scales (quantizer dropout)")
-    p.add_argument("--restart-every", type=int, default=25, help="steps between dead-codebook-entry restarts")
-    p.add_argument(
+    run = p.add_argument_group("run")
+    run.add_argument("--out", type=Path, default=DEFAULT_OUT, help="run folder for checkpoints and metrics.jsonl")
+    run.add_argument("--minutes", type=float, default=60.0, help="total wall-clock training budget in minutes, across resumes")
+    run.add_argument("--max-steps", type=int, default=0, help="stop after this many steps (0: only the wall budget stops training)")
+    run.add_argument("--seed", type=int, default=0, help="random seed")
+    run.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch default)")
+    run.add_argument("--device", type=str, default=None, help="torch device (default: cuda when present, else cpu)")
+    run.add_argument("--export", type=Path, default=None, help="write the shipped weight file (fp16 weights, fp32 codebooks) here at the end")
+
+    data = p.add_argument_group("data")
+    data.add_argument("--data", choices=("photos", "fixtures"), default="photos", help="benchmark photos (train split) or the wheel fixture photos")
+    data.add_argument("--resolution", type=int, default=256, help="working resolution R in pixels")
+    data.add_argument("--crop-size", type=int, default=128, help="side of the small training crops in pixels")
+    data.add_argument("--batch-size", type=int, default=8, help="small crops per step")
+    data.add_argument("--full-batch-size", type=int, default=2, help="R × R crops per full-size step")
+    data.add_argument("--full-every", type=int, default=3, help="every N-th step trains on R × R crops (0: never)")
+
+    model = p.add_argument_group("model (ignored when resuming: the checkpoint's config wins)")
+    model.add_argument("--code-dim", type=int, default=32, help="latent and codebook channels")
+    model.add_argument("--channels", type=str, default="32,48,96,160", help="conv widths at R/2, R/4, R/8, R/16")
+
+    optim = p.add_argument_group("optimization and losses")
+    optim.add_argument("--lr", type=float, default=4e-4, help="peak AdamW learning rate (cosine schedule over the wall budget)")
+    optim.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW weight decay")
+    optim.add_argument("--grad-weight", type=float, default=0.5, help="weight of the image-gradient L1 loss")
+    optim.add_argument("--commit-weight", type=float, default=0.25, help="weight of the commitment loss")
+    optim.add_argument("--refine-weight", type=float, default=1.0, help="weight of the per-scale refinement loss")
+    optim.add_argument("--distill-weight", type=float, default=0.2, help="weight of the cosine distillation loss")
+    optim.add_argument("--no-distill", action="store_true", help="turn semantic distillation off (ablation)")
+    optim.add_argument("--teacher-size", type=int, default=160, help="input side of the MobileNetV2 teacher in pixels")
+    optim.add_argument("--drop-prob", type=float, default=0.3, help="share of images decoded from a random prefix of scales (quantizer dropout)")
+
+    codebook = p.add_argument_group("codebook health")
+    codebook.add_argument("--restart-every", type=int, default=25, help="steps between dead-codebook-entry restarts")
+    codebook.add_argument(
         "--dead-share",
         type=float,
         default=0.1,
         help="an entry is dead below this share of the uniform EMA assignment count (tokens per step / codebook size)",
     )
-    p.add_argument("--log-every", type=int, default=25, help="steps between loss logs")
-    p.add_argument("--ckpt-every", type=int, default=100, help="steps between checkpoints")
-    p.add_argument("--eval-every", type=int, default=250, help="steps between validation measurements")
-    p.add_argument("--eval-images", type=int, default=24, help="validation photos measured at R × R")
-    p.add_argument("--code-dim", type=int, default=32, help="latent and codebook channels")
-    p.add_argument("--channels", type=str, default="32,48,96,160", help="conv widths at R/2, R/4, R/8, R/16")
-    p.add_argument("--seed", type=int, default=0, help="random seed")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch default)")
-    p.add_argument("--device", type=str, default=None, help="torch device (default: cuda when present, else cpu)")
-    p.add_argument("--export", type=Path, default=None, help="write the shipped weight file (fp16 weights, fp32 codebooks) here at the end")
+
+    logs = p.add_argument_group("logging")
+    logs.add_argument("--log-every", type=int, default=25, help="steps between loss logs")
+    logs.add_argument("--ckpt-every", type=int, default=100, help="steps between checkpoints")
+    logs.add_argument("--eval-every", type=int, default=250, help="steps between validation measurements")
+    logs.add_argument("--eval-images", type=int, default=24, help="validation photos measured at R × R")
     return p
-
-
-def _make_model(args: argparse.Namespace) -> MultiScaleVQ:
-    channels = tuple(int(c) for c in args.channels.split(","))
-    return MultiScaleVQ(TokenizerConfig(resolution=args.resolution, code_dim=args.code_dim, channels=channels))
 
 
 def _train_step(model, teacher, batch, args, device, generator):
@@ -288,33 +294,77 @@ def _train_step(model, teacher, batch, args, device, generator):
     return loss, scalars, out
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    setup_logging()
-    configure_threads(args.threads)
-    seed_everything(args.seed)
-    device = select_device(args.device)
+@dataclass
+class TrainState:
+    """Everything a checkpoint restores: model, optimizer, step, time spent and the data RNGs."""
+
+    model: MultiScaleVQ
+    optimizer: torch.optim.Optimizer
+    step: int
+    budget: WallBudget
+    rng: random.Random  # crop sampler
+    generator: torch.Generator  # quantizer dropout
+
+
+def _restore(args: argparse.Namespace, ckpt: Checkpointer, device: torch.device) -> TrainState:
+    """Resume from the run folder's checkpoint, or build a new model from the CLI config."""
+    state = ckpt.load()
     rng = random.Random(args.seed)
     generator = torch.Generator().manual_seed(args.seed)
-
-    ckpt = Checkpointer(args.out)
-    state = ckpt.load()
     if state is not None:
         model = MultiScaleVQ(TokenizerConfig(**state["config"]))
         model.load_state_dict(state["model"])
         rng.setstate(state["sampler_rng"])
         generator.set_state(state["generator"])
     else:
-        model = _make_model(args)
+        channels = tuple(int(c) for c in args.channels.split(","))
+        model = MultiScaleVQ(TokenizerConfig(resolution=args.resolution, code_dim=args.code_dim, channels=channels))
     model.to(device).train()
-    cfg = model.cfg
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=args.weight_decay)
+    if state is None:
+        return TrainState(model, optimizer, 0, WallBudget(args.minutes), rng, generator)
+    optimizer.load_state_dict(state["optimizer"])
+    budget = WallBudget(args.minutes, spent_seconds=float(state["spent_seconds"]))
+    return TrainState(model, optimizer, int(state["step"]), budget, rng, generator)
+
+
+def _save(ckpt: Checkpointer, st: TrainState, args: argparse.Namespace) -> None:
+    ckpt.save(
+        {
+            "config": st.model.cfg.model_dump(),
+            "model": st.model.state_dict(),
+            "optimizer": st.optimizer.state_dict(),
+            "step": st.step,
+            "spent_seconds": st.budget.spent,
+            "sampler_rng": st.rng.getstate(),
+            "generator": st.generator.get_state(),
+            "args": {k: str(v) for k, v in vars(args).items()},
+        }
+    )
+
+
+def _format(result: dict[str, float]) -> str:
+    return " ".join(f"{k}={v:.4g}" for k, v in result.items())
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging()
+    configure_threads(args.threads)
+    seed_everything(args.seed)
+    device = select_device(args.device)
+
+    ckpt = Checkpointer(args.out)
+    st = _restore(args, ckpt, device)
+    model, cfg = st.model, st.model.cfg
     logger.info("tokenizer: %.2fM parameters, config %s", sum(p.numel() for p in model.parameters()) / 1e6, cfg.model_dump())
 
     # Photos: the train split for crops, a few validation photos at R for PSNR.
     train_photos = [cache_photo(p, 2 * cfg.resolution) for p in load_split(args.data, "train")]
     val_photos = load_split(args.data, "val")[: args.eval_images]
     val_images = torch.stack([canonical(p, cfg.resolution) for p in val_photos])
-    sampler = CropSampler(train_photos, cfg.resolution, rng)
+    sampler = CropSampler(train_photos, cfg.resolution, st.rng)
     logger.info("data: %d training photos, %d validation photos (%s)", len(train_photos), len(val_images), args.data)
 
     teacher = None
@@ -323,80 +373,55 @@ def main(argv: list[str] | None = None) -> int:
 
         teacher = load_mobilenet_v2(device)
 
-    optimizer = torch.optim.AdamW(
-        [p for p in model.parameters() if p.requires_grad], lr=args.lr, betas=(0.9, 0.95), weight_decay=args.weight_decay
-    )
-    step = 0
-    budget = WallBudget(args.minutes)
-    if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
-        step = int(state["step"])
-        budget = WallBudget(args.minutes, spent_seconds=float(state["spent_seconds"]))
-    metrics = MetricLogger(args.out, args.log_every)
-
     if not bool(model.ema_initialized):
         with torch.no_grad():
             init_batch = sampler.batch(8, cfg.resolution).to(device)
-            model.init_codebooks(model.encoder(init_batch), generator=None)
+            model.init_codebooks(model.encoder(init_batch))
         logger.info("initialized codebooks from %d R × R crops", init_batch.shape[0])
 
-    def save() -> None:
-        ckpt.save(
-            {
-                "config": cfg.model_dump(),
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "step": step,
-                "spent_seconds": budget.spent,
-                "sampler_rng": rng.getstate(),
-                "generator": generator.get_state(),
-                "args": {k: str(v) for k, v in vars(args).items()},
-            }
-        )
+    metrics = MetricLogger(args.out, args.log_every)
+    counts = torch.zeros(len(cfg.scales), cfg.codebook_size, dtype=torch.long)
+    while not st.budget.exhausted() and not (args.max_steps and st.step >= args.max_steps):
+        for group in st.optimizer.param_groups:
+            group["lr"] = cosine_lr(args.lr, st.budget.progress)
 
-    n_scales = len(cfg.scales)
-    counts = torch.zeros(n_scales, cfg.codebook_size, dtype=torch.long)
-    while not budget.exhausted() and not (args.max_steps and step >= args.max_steps):
-        for group in optimizer.param_groups:
-            group["lr"] = cosine_lr(args.lr, budget.progress)
-
-        full_step = args.full_every > 0 and step % args.full_every == 0
+        full_step = args.full_every > 0 and st.step % args.full_every == 0
         size, count = (cfg.resolution, args.full_batch_size) if full_step else (args.crop_size, args.batch_size)
         batch = sampler.batch(count, size).to(device)
 
-        loss, scalars, out = _train_step(model, teacher, batch, args, device, generator)
-        optimizer.zero_grad(set_to_none=True)
+        loss, scalars, out = _train_step(model, teacher, batch, args, device, st.generator)
+        st.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        step += 1
+        st.optimizer.step()
+        st.step += 1
 
+        # Usage is counted on R × R steps only, where every scale has its full size.
         if full_step:
             for k, t in enumerate(out.tokens):
                 counts[k] += torch.bincount(t.flatten().cpu(), minlength=cfg.codebook_size)
-        if args.restart_every and step % args.restart_every == 0:
-            restarted = model.restart_dead_codes(out.latent, min_share=args.dead_share)
-            scalars["restarted"] = sum(restarted)
+        if args.restart_every and st.step % args.restart_every == 0:
+            scalars["restarted"] = sum(model.restart_dead_codes(out.latent, min_share=args.dead_share))
         metrics.add(items=count, **scalars)
 
-        if step % args.log_every == 0:
+        if st.step % args.log_every == 0:
             usage = {f"used_s{s}": usage_stats(counts[k])[0] for k, s in enumerate(cfg.scales)}
-            metrics.flush(step, budget, lr=optimizer.param_groups[0]["lr"], **usage)
+            metrics.flush(st.step, st.budget, lr=st.optimizer.param_groups[0]["lr"], **usage)
             counts.zero_()
-        if step % args.eval_every == 0:
+        if st.step % args.eval_every == 0:
             result = evaluate(model, val_images, device)
-            logger.info("step %d validation %s", step, " ".join(f"{k}={v:.4g}" for k, v in result.items()))
-            metrics.record(step, **result)
-        if step % args.ckpt_every == 0:
-            save()
+            logger.info("step %d validation %s", st.step, _format(result))
+            metrics.record(st.step, **result)
+        if st.step % args.ckpt_every == 0:
+            _save(ckpt, st, args)
 
-    save()
+    _save(ckpt, st, args)
     result = evaluate(model, val_images, device)
-    metrics.record(step, final=True, **result)
-    logger.info("finished at step %d after %.1f min: %s", step, budget.spent / 60, " ".join(f"{k}={v:.4g}" for k, v in result.items()))
+    metrics.record(st.step, final=True, **result)
+    logger.info("finished at step %d after %.1f min: %s", st.step, st.budget.spent / 60, _format(result))
 
     if args.export is not None:
-        metadata = {"steps": step, "train_minutes": round(budget.spent / 60, 1), "data": args.data, "distill": not args.no_distill, **result}
+        metadata = {"steps": st.step, "train_minutes": round(st.budget.spent / 60, 1), "data": args.data, "distill": not args.no_distill, **result}
         path = save_tokenizer(model.cpu().eval(), args.export, metadata=metadata)
         logger.info("exported tokenizer weights to %s (%.1f MB)", path, path.stat().st_size / 1e6)
     return 0

@@ -261,15 +261,26 @@ class DctCarrier(WatermarkBackend):
 
     # --- extraction ---------------------------------------------------------
 
-    def _gain_grid(self, device: torch.device) -> torch.Tensor:
-        """(G, K) per-position gains: a Gaussian blur of sigma canonical pixels times a contrast factor."""
+    def _gain_grid(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(G, K) per-position gains, a Gaussian blur of sigma canonical pixels times a
+        contrast factor, and (G,) fit penalties that grow with the distance from no change."""
         tables = self._tables(device)
-        sigmas = torch.tensor([0.0, 0.5, 0.75, 1.0, 1.25, 1.5], device=device)
+        sigma_steps = torch.arange(7, device=device, dtype=torch.float32)
+        sigmas = 0.25 * sigma_steps  # 0 .. 1.5 canonical pixels
         # Contrast factors 0.60..1.48 in 3 % steps, exactly 1 included: a 1 % gain
         # error already moves a textured block's projection by a tenth of a step.
-        contrasts = torch.exp(0.03 * torch.arange(-17, 14, device=device, dtype=torch.float32))
+        contrast_steps = torch.arange(-17, 14, device=device, dtype=torch.float32)
+        contrasts = torch.exp(0.03 * contrast_steps)
         blur = torch.exp(-2 * math.pi**2 * sigmas.view(-1, 1) ** 2 * tables["frequency_sq"].view(1, -1))  # (sigmas, K)
-        return (contrasts.view(-1, 1, 1) * blur.unsqueeze(0)).reshape(-1, len(self.positions))
+        gains = (contrasts.view(-1, 1, 1) * blur.unsqueeze(0)).reshape(-1, len(self.positions))
+
+        # Resizing to and from the canonical grid attenuates only the residual
+        # (5-10 %), not the host, so the unit gain is right even when a small
+        # blur fits the lattice about as well; on textured photos picking that
+        # blur doubled the slot errors. Another gain must beat the unit gain by
+        # these margins, which real blur and contrast changes exceed many times.
+        penalties = (0.01 * sigma_steps.view(1, -1) + 0.004 * contrast_steps.abs().view(-1, 1)).reshape(-1)
+        return gains, penalties
 
     def _read_slots(self, carrier: torch.Tensor, texture: torch.Tensor, valid: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """(B, blocks, K) carrier coefficients -> per-slot soft bits at the best gain, and the lattice fit.
@@ -279,7 +290,8 @@ class DctCarrier(WatermarkBackend):
         """
         tables = self._tables(carrier.device)
         batch = carrier.shape[0]
-        inverse_gains = 1.0 / self._gain_grid(carrier.device)  # (G, K)
+        gains, penalties = self._gain_grid(carrier.device)
+        inverse_gains = 1.0 / gains  # (G, K)
         weights = torch.ones(carrier.shape[:2], device=carrier.device) if valid is None else valid.float()
 
         # projection(g) = sum_k direction_k * coefficient_k / gain_gk: one matmul over all gains.
@@ -288,11 +300,22 @@ class DctCarrier(WatermarkBackend):
         phase = projections / self.step - tables["dither"].unsqueeze(-1)  # r, in lattice steps
 
         # Lattice fit per gain: mean cos(4 pi r) is 1 when every projection sits
-        # on the union lattice (either bit) and ~0 for unmarked content.
+        # on the union lattice (either bit) and ~0 for unmarked content. It is
+        # the presence statistic.
         slot_weights = weights.view(batch, -1, 1, 1)
         fit = (torch.cos(4 * math.pi * phase) * slot_weights).sum(dim=(1, 2))
         fit = fit / (weights.sum(dim=1, keepdim=True) * self.slots_per_block).clamp(min=1)  # (B, G)
-        best_fit, best = fit.max(dim=1)
+
+        # The gain is chosen by how well the repetitions of each bit agree. The
+        # lattice fit cannot choose it: a wrong gain that moves a textured
+        # block's projection by half a step lands on the other bit's lattice and
+        # still fits, but its repetitions then disagree.
+        slot_soft_all = (-torch.cos(2 * math.pi * phase) * slot_weights).reshape(batch, self.n_slots, -1)
+        index = tables["slot_bit"].reshape(-1)
+        combined = torch.zeros(batch, self.n_bits, slot_soft_all.shape[-1], device=carrier.device).index_add_(1, index, slot_soft_all)
+        consistency = combined.abs().mean(dim=1) / tables["bit_count"].mean()  # (B, G)
+        best = (consistency - penalties).argmax(dim=1)
+        best_fit = torch.gather(fit, 1, best.view(-1, 1))[:, 0]
         best_phase = torch.gather(phase, 3, best.view(batch, 1, 1, 1).expand(-1, self.n_blocks, self.slots_per_block, 1))[..., 0]
 
         slot_soft = -torch.cos(2 * math.pi * best_phase)  # +1 on the bit-1 lattice, -1 on the bit-0 lattice

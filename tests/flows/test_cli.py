@@ -20,7 +20,7 @@ def test_help_lists_commands(capsys):
         main(["--help"])
     assert raised.value.code == 0
     out = capsys.readouterr().out
-    for command in ("protect", "audit", "verify", "data", "train", "bench"):
+    for command in ("protect", "audit", "verify", "data", "train", "bench", "demo"):
         assert command in out
 
 

@@ -10,6 +10,7 @@ from hcr_model.recovery import (
     RecoveryConfig,
     RecoveryTransformer,
     composite,
+    decode_expected,
     feather_weights,
     flatten_pyramid,
     load_recovery,
@@ -196,6 +197,22 @@ def test_restore_image_outside_mask_bit_identical(tokenizer, model, photos):
     assert not torch.equal(restored[~outside], edited[~outside])
     assert restored.min() >= 0.0
     assert restored.max() <= 1.0
+
+
+def test_decode_expected_one_hot_matches_decode(tokenizer, photos):
+    tokens = tokenizer.encode(photos)
+    masks = token_masks(_rect_mask(2, 0, 0, 256), SCALES, 3)
+    one_hot = {k: torch.nn.functional.one_hot(tokens[k], 1024).float() for k in range(3, len(SCALES))}
+    expected = decode_expected(tokenizer, tokens, one_hot, masks)
+    assert torch.allclose(expected, tokenizer.decode(tokens), atol=1e-4)
+
+
+def test_restore_image_token_decode_path(tokenizer, model, photos):
+    code = tokenizer.encode(photos)[: model.config.n_code_scales]
+    mask = _rect_mask(2, 128, 128, 64)
+    restored = restore_image(tokenizer, model, photos, code, mask, expected=False)
+    outside = ~mask.expand_as(photos)
+    assert torch.equal(restored[outside], photos[outside])
 
 
 def test_feather_weights_inside_band_only():

@@ -9,7 +9,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from hcr_model.tokenizer import MultiScaleVQ, TokenizerConfig, load_tokenizer, save_tokenizer
+from hcr_model.tokenizer import (
+    MultiScaleVQ,
+    TokenizerConfig,
+    load_tokenizer,
+    save_tokenizer,
+)
 from hcr_model.training import tokenizer as trainer
 
 PHOTOS = Path(__file__).resolve().parents[1] / "fixtures" / "photos"
@@ -203,11 +208,11 @@ def test_load_tokenizer_missing_file(tmp_path):
 
 
 def test_trainer_runs_and_resumes(tmp_path):
-    common = [
-        "--data", "fixtures", "--out", str(tmp_path / "run"), "--minutes", "5",
-        "--channels", "8,8,16,16", "--crop-size", "64", "--batch-size", "2", "--full-every", "0",
-        "--no-distill", "--eval-images", "1", "--log-every", "1", "--ckpt-every", "1", "--eval-every", "100",
-    ]
+    flags = (
+        "--data fixtures --minutes 5 --channels 8,8,16,16 --crop-size 64 --batch-size 2 --full-every 0"
+        " --no-distill --eval-images 1 --log-every 1 --ckpt-every 1 --eval-every 100"
+    )
+    common = ["--out", str(tmp_path / "run"), *flags.split()]
     assert trainer.main([*common, "--max-steps", "2"]) == 0
     first = torch.load(tmp_path / "run" / "last.pt", map_location="cpu", weights_only=False)
     assert first["step"] == 2

@@ -125,7 +125,8 @@ def test_kinds_for_image_cover_every_kind():
     seen = {kind for index in range(6) for _, kind in kinds_for_image(config, index)}
     assert seen == set(TAMPER_KINDS)
     assert all(len(kinds_for_image(config, index)) == 2 for index in range(6))
-    assert kinds_for_image(SUITES["full"], 3) == list(enumerate(TAMPER_KINDS))
+    every = SUITES["full"].model_copy(update={"kinds_per_image": 0})
+    assert kinds_for_image(every, 3) == list(enumerate(TAMPER_KINDS))
 
 
 def test_group_positions_order_and_members():
