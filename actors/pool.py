@@ -87,7 +87,13 @@ def _start(worker_class, options: RayOptions, local: bool, *args) -> ActorPool:
         len(actors), worker_class.__name__, request["num_cpus"], request["num_gpus"],
     )
     # Surface a model or key loading failure now, with its message, not at the first shard.
-    for info in ray.get([actor.describe.remote() for actor in actors]):
+    try:
+        infos = ray.get([actor.describe.remote() for actor in actors])
+    except ray.exceptions.RayActorError as error:
+        for actor in actors:
+            ray.kill(actor)
+        raise RuntimeError(f"the {worker_class.__name__} actors failed to load the models or the key: {error}") from error
+    for info in infos:
         logger.info("actor pid %d ready: weights %s on %s, key_id %s", info["pid"], info["model_version"], info["device"], info["key_id"])
     return ActorPool(actors)
 

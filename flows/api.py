@@ -18,7 +18,7 @@ from flows.options import build_config
 from flows.runtime import prefect_settings, prepare_environment
 from flows.summary import RunSummary
 from flows.verify import VerifyReport, verify_protect, verify_sweep
-from schemas.config import AuditConfig, ModelOptions, ProtectConfig, StorageOptions
+from schemas.config import AuditConfig, ModelOptions, ProtectConfig, RunOptions, StorageOptions
 
 logger = logging.getLogger(__name__)
 
@@ -43,8 +43,17 @@ def _check_key(model: ModelOptions, create: bool) -> None:
         logger.info("using the default key file (key_id %s)", key.key_id)
 
 
+def _check_weights(config: RunOptions) -> None:
+    """Fail early when a local run asks for a weights version this install does not ship."""
+    if config.ray.address is None:
+        from hcr_model.bundle import weights_dir
+
+        weights_dir(config.model.version)  # raises BundleNotFoundError, naming the shipped versions
+
+
 def run_protect(config: ProtectConfig) -> RunSummary:
     prepare_environment(config.ray, config.prefect)
+    _check_weights(config)
     _check_key(config.model, create=True)
     from flows.protect_flow import protect_flow
 
@@ -55,6 +64,7 @@ def run_protect(config: ProtectConfig) -> RunSummary:
 def run_audit(config: AuditConfig) -> RunSummary:
     prepare_environment(config.ray, config.prefect)
     _check_key(config.model, create=False)
+    _check_weights(config)
     from flows.audit_flow import audit_flow
 
     with prefect_settings(config.prefect):

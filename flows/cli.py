@@ -135,6 +135,10 @@ def main(argv: list[str] | None = None) -> int:
     except (KeyNotConfiguredError, InvalidKeyError, ValidationError, NotADirectoryError, FileNotFoundError, ValueError) as error:
         print(f"hcr {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except RuntimeError as error:
+        # Actors that cannot start, or a Ray cluster too small for them.
+        print(f"hcr {args.command}: failed: {error}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

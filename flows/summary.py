@@ -42,7 +42,8 @@ class RunSummary(BaseModel):
         """Render the summary as plain text for the terminal."""
         counts = ", ".join(f"{name} {count}" for name, count in sorted(self.counts.items())) or "none"
         lines = [
-            f"hcr {self.kind} {self.run_id} (archive {self.archive}): {self.images} images in {self.shards_total} shards",
+            f"hcr {self.kind} {self.run_id}{'' if self.run_id == self.archive else f' (archive {self.archive})'}: "
+            f"{self.images} images in {self.shards_total} shards",
             f"  results: {counts}",
             f"  shards: {self.shards_run} run, {self.shards_skipped} already done, {len(self.failed_shards)} failed",
         ]

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from hcr_model.bundle import ModelBundle
 from hcr_model.consistency import consistency_distance
-from hcr_model.imaging import resize_to, to_canonical
+from hcr_model.imaging import add_residual, resize_to, to_canonical
 from hcr_model.keys import SecretKey
 from hcr_model.payload import PayloadCodec
 from hcr_model.verdict import TAMPERED, VerdictSignals, decide_verdict
@@ -114,7 +114,8 @@ class Protector:
         for i, image in enumerate(images):
             height, width = image.rgb.shape[:2]
             original = rgb_to_tensor(image.rgb).to(device)
-            protected = original + resize_to(residual[i : i + 1], (height, width))
+            # add_residual moves luma lost to clipping into channels with headroom.
+            protected = add_residual(original, resize_to(residual[i : i + 1], (height, width)))
             outputs.append(
                 ProtectOutput(
                     protected_rgb=tensor_to_rgb(protected),

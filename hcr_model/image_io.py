@@ -113,12 +113,13 @@ def _split_rgb_alpha(image: Image.Image, notes: list[str]) -> tuple[np.ndarray, 
         notes.append("32-bit float input reduced to 8 bits per channel")
         return np.repeat(grey[:, :, None], 3, axis=2), None, False
     if mode == "CMYK":
-        return np.asarray(_cmyk_to_rgb(image, notes), dtype=np.uint8), None, False
+        return np.array(_cmyk_to_rgb(image, notes), dtype=np.uint8), None, False
 
     if mode in _ALPHA_MODES or (mode in ("P", "L", "RGB", "1") and has_transparency):
-        rgba = np.asarray(image.convert("RGBA"), dtype=np.uint8)
+        rgba = np.array(image.convert("RGBA"), dtype=np.uint8)
         return np.ascontiguousarray(rgba[:, :, :3]), np.ascontiguousarray(rgba[:, :, 3]), mode == "RGBA"
-    return np.asarray(image.convert("RGB"), dtype=np.uint8), None, mode == "RGB"
+    # np.array copies: arrays that view Pillow's buffer are read-only, and torch warns on those.
+    return np.array(image.convert("RGB"), dtype=np.uint8), None, mode == "RGB"
 
 
 def _orientation(image: Image.Image) -> int:

@@ -63,14 +63,14 @@ class SecretKey:
             ) from None
         if len(key) < MIN_KEY_BYTES:
             raise InvalidKeyError(
-                f"{source} holds a {len(key) * 8}-bit key; at least {MIN_KEY_BYTES * 8} bits "
+                f"{source} contains a {len(key) * 8}-bit key; at least {MIN_KEY_BYTES * 8} bits "
                 f"({MIN_KEY_BYTES * 2} hex digits) are required"
             )
         return cls(key)
 
     @classmethod
     def generate(cls) -> "SecretKey":
-        """A fresh random 256-bit key."""
+        """Create a fresh random 256-bit key."""
         return cls(secrets.token_bytes(NEW_KEY_BYTES))
 
     @property
@@ -85,7 +85,7 @@ class SecretKey:
         return hmac.new(self._key, _DERIVE_DOMAIN + purpose.encode("utf-8"), hashlib.sha256).digest()
 
     def to_hex(self) -> str:
-        """The key as hex, for writing a key file. Never log it."""
+        """Encode the key as hex, for writing a key file. Never log it."""
         return self._key.hex()
 
     def __eq__(self, other: object) -> bool:

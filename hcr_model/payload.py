@@ -7,8 +7,8 @@ Encoding, for the default budget (140 code bits on a 256-bit carrier):
    P[148:180] = MAC = first 32 bits of HMAC-SHA256 under a key derived for
    the MAC, over a domain tag, the version byte, the code length (2 bytes,
    big endian) and the code packed MSB first.
-2. Scrambled payload S = P XOR a keystream derived from the key, so nobody
-   without the key can read the code.
+2. Scrambled payload S = P XOR a keystream derived from the key, so the code
+   cannot be read without the key.
 3. BCH over GF(2^9) (bchlib 2.1.3), t = 8: S is packed MSB first into 23
    bytes (4 zero pad bits, which are known and not transmitted) and gets 72
    parity bits.
@@ -98,7 +98,7 @@ PAYLOAD_BUDGET = PayloadBudget(version_bits=8, code_bits=140, mac_bits=32, carri
 
 
 def make_budget(n_bits: int = DEFAULT_CARRIER_BITS, code_bits: int = DEFAULT_CODE_BITS) -> PayloadBudget:
-    """The budget with the most BCH parity that fits `n_bits` carrier bits."""
+    """Build the budget with the most BCH parity that fits `n_bits` carrier bits."""
     payload_bits = 8 + code_bits + 32
     if n_bits <= payload_bits:
         raise ValueError(f"{n_bits} carrier bits cannot hold a {payload_bits}-bit payload; use fewer code bits")
@@ -111,7 +111,7 @@ def make_budget(n_bits: int = DEFAULT_CARRIER_BITS, code_bits: int = DEFAULT_COD
 
 @dataclass
 class DecodedPayload:
-    """What decoding read. Only `payload_valid` payloads are trustworthy.
+    """Result of decoding one carrier word. Only `payload_valid` payloads are trustworthy.
 
     `version` and `code_bits` come from the corrected codeword when `ecc_ok`,
     else from the raw hard decisions. `carrier_bits` is the corrected carrier
@@ -145,11 +145,12 @@ def _as_bits(array: np.ndarray, length: int, name: str) -> np.ndarray:
 class PayloadCodec:
     """Keyed payload codec between (version, code bits) and `n_bits` carrier bits.
 
-    `chase_bits` least reliable bits are tried flipped (2^chase_bits BCH
-    decodes, ~3 µs each) when hard decoding fails. Each try is another chance
-    for random input to land within t of a codeword, so an unmarked image
-    passes the ECC with probability about 2^chase_bits x 6e-8 (default 4e-6)
-    and the MAC then fails it with probability 1 - 2^-32.
+    When hard decoding fails, the `chase_bits` least reliable bits are tried
+    flipped (2^chase_bits BCH decodes, about 0.1 ms each here). Each try is
+    another chance for random input to land within t of a codeword. An
+    unmarked image therefore passes the ECC with probability about
+    2^chase_bits x 6e-8 (estimate: 4e-6 at the default), and the MAC then
+    rejects it with probability 1 - 2^-32.
     """
 
     def __init__(self, key: SecretKey, n_bits: int = DEFAULT_CARRIER_BITS, code_bits: int = DEFAULT_CODE_BITS, chase_bits: int = 6):
@@ -281,8 +282,11 @@ class PayloadCodec:
         return fixed
 
     def _correct(self, hard: np.ndarray, reliability: np.ndarray) -> np.ndarray | None:
-        """The corrected codeword, or None. Chase-II: among the decodable flips of the
-        least reliable bits, keep the codeword closest to the soft values."""
+        """Correct a hard-decided codeword, or return None.
+
+        Chase-II: among the decodable flips of the least reliable bits, keep the
+        codeword closest to the soft values.
+        """
         corrected = self._try_bch(hard)
         if corrected is not None or self.chase_bits == 0:
             return corrected

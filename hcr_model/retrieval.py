@@ -104,7 +104,7 @@ class RegistryIndex:
             else:
                 self.by_code[code] = row
         if duplicates:
-            logger.info("registry holds %d rows whose hidden code repeats an earlier row", duplicates)
+            logger.info("registry contains %d rows with a duplicate hidden code; lookups return the first row", duplicates)
 
         self.dim = int(embeddings.shape[1]) if embeddings.ndim == 2 else 0
         self.index = self._build_index(_normalise(embeddings.reshape(n, -1)), nprobe) if n else None

@@ -27,7 +27,7 @@ from PIL import Image, ImageOps
 from skimage.metrics import structural_similarity
 
 from hcr_model.bench.attacks import ATTACKS
-from hcr_model.imaging import resize_to, tensor_to_uint8, to_canonical, uint8_to_tensor
+from hcr_model.imaging import add_residual, resize_to, tensor_to_uint8, to_canonical, uint8_to_tensor
 from hcr_model.keys import SecretKey
 from hcr_model.payload import PayloadCodec
 from hcr_model.watermark.dct import DctCarrier
@@ -76,12 +76,12 @@ def save_and_reload(rgb: np.ndarray, storage: str) -> np.ndarray:
 
 
 def protect(carrier: DctCarrier, rgb: np.ndarray, bits: np.ndarray) -> np.ndarray:
-    """The engine's protect path for one photo: (H, W, 3) uint8 -> protected (H, W, 3) uint8."""
+    """Protect one (H, W, 3) uint8 photo the way the engine does; returns (H, W, 3) uint8."""
     original = uint8_to_tensor(rgb)
     canonical = to_canonical(original, carrier.resolution)
     marked = carrier.embed(canonical, torch.from_numpy(bits)[None])
     residual = resize_to(marked - canonical, original.shape[-2:])
-    return tensor_to_uint8(original + residual)
+    return tensor_to_uint8(add_residual(original, residual))
 
 
 def read(carrier: DctCarrier, codec: PayloadCodec, rgb: np.ndarray):

@@ -1,12 +1,13 @@
 """Shared test setup: one thread for torch, loopback-only services, a test key.
 
 The environment is set at import, before Ray starts or Prefect is imported,
-because both read it then. The session-scoped services start only when a
-test asks for them: a local Ray (about 5 s), Prefect's test harness with its
-temporary API server (10-20 s) and an S3-compatible moto server (under 1 s),
-all on 127.0.0.1.
+because both read it then. The session-scoped services start only for tests
+that request them: a local Ray, Prefect's test harness with its temporary API
+server, and an S3-compatible moto server, all on 127.0.0.1. Ray and Prefect
+took 20-70 s together on a busy 2-core machine; moto takes under 1 s.
 """
 
+import logging
 import os
 import tempfile
 import uuid
@@ -79,6 +80,8 @@ def s3_endpoint() -> str:
     """URL of a moto S3 server on 127.0.0.1 with a free port."""
     from moto.server import ThreadedMotoServer
 
+    # moto logs every request at INFO through werkzeug.
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()

@@ -41,7 +41,7 @@ class SectionSkipped(Exception):
     """A section cannot run (weights or a package missing); the message is the reason."""
 
 
-def run_part(run, what: str, notes: list[str], errors: list[str]):
+def run_part(run, part: str, notes: list[str], errors: list[str]):
     """Run an optional part of a section and return its result, or None when it cannot run.
 
     A missing model adds a note. A failure adds an error (the run then exits
@@ -50,10 +50,10 @@ def run_part(run, what: str, notes: list[str], errors: list[str]):
     try:
         return run()
     except SectionSkipped as exc:
-        notes.append(f"{what} left out: {exc}")
+        notes.append(f"{part} left out: {exc}")
     except Exception as exc:  # noqa: BLE001 - reported in the section, with the traceback in the log
-        logger.exception("%s failed", what)
-        errors.append(f"{what} failed: {type(exc).__name__}: {exc}")
+        logger.exception("%s failed", part)
+        errors.append(f"{part} failed: {type(exc).__name__}: {exc}")
     return None
 
 

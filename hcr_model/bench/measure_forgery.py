@@ -6,12 +6,15 @@ the residual to another, unprotected image's size and add it. The copy
 carries image A's payload on image B's content. The audit should call it
 `forged`: through a MAC failure, or through the content-binding check when
 the payload survives. `authentic`, `tampered` and `unmarked` count as misses.
+`authentic_rate` is reported apart: it is the share of copies the audit
+accepts as genuine, the outcome the attacker wants.
 
 Estimators: `median3` (3 x 3 median filter), `gaussian1` (Gaussian blur,
 sigma 1 px), `median3x2` (the median residual doubled, a stronger copy), and
 `oracle`: protected - original, the exact watermark of an attacker who also
-holds the original. The oracle copy carries a readable, MAC-valid payload, so
-only the content-binding check can call it forged.
+has the original. Even that copy need not carry a readable payload: the
+QIM carrier's residual moved A's DCT projections onto its lattice, and the
+same residual added to B's different projections lands off the lattice.
 Pairs: image i's watermark onto image i + 1 (cyclic).
 """
 
@@ -84,6 +87,7 @@ def measure(ctx: BenchContext) -> dict:
                 "estimator": estimator,
                 "copies": count,
                 "forged_rate": verdicts["forged"] / count,
+                "authentic_rate": verdicts["authentic"] / count,
                 "payload_valid_rate": float(np.mean([audit.payload_valid for audit in audits])),
                 "copied_bit_accuracy": mean_of(accuracy),
                 "verdicts": dict(verdicts),

@@ -5,10 +5,10 @@ have passed. The thread count is torch's at run time (`hcr bench` sets 1
 unless `--threads` sets another count), and the load average is recorded
 because a shared machine slows every number down.
 
-Rows: carrier embed and extract on canonical batches; the full payload read
-(extract and BCH/MAC decoding); the peers' embedding (timed while the
-imperceptibility section marked its images); `Protector.protect_batch` and
-`Auditor.audit_batch` on full-size images, the audit on protected and on
+Rows: carrier embed and extract on canonical batches, and the full payload
+read (extract and BCH/MAC decoding). The peers' embedding rate comes from the
+imperceptibility section, which timed it. `Protector.protect_batch` and
+`Auditor.audit_batch` run on full-size images, the audit on protected and on
 tampered images (the second runs the recovery Transformer). The engine's
 protected pixels are compared with the benchmark's own protection.
 """

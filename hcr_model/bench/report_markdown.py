@@ -99,8 +99,11 @@ def _retrieval(section: dict) -> str:
 
 
 def _forgery(section: dict) -> str:
-    rows = [[r["estimator"], r["copies"], fmt(r["forged_rate"], 3), fmt(r["payload_valid_rate"], 3), fmt(r["copied_bit_accuracy"]), verdict_text(r["verdicts"])] for r in section["rows"]]
-    return table(["estimate", "copies", "judged forged", "payload valid", "copied bit accuracy", "verdicts"], rows)
+    rows = [
+        [r["estimator"], r["copies"], fmt(r["forged_rate"], 3), fmt(r["authentic_rate"], 3), fmt(r["payload_valid_rate"], 3), fmt(r["copied_bit_accuracy"]), verdict_text(r["verdicts"])]
+        for r in section["rows"]
+    ]
+    return table(["estimate", "copies", "judged forged", "accepted as authentic", "payload valid", "copied bit accuracy", "verdicts"], rows)
 
 
 def _tokenizer(section: dict) -> str:
@@ -147,5 +150,5 @@ def render(report: dict) -> str:
         lines.append(renderer(section))
         lines += [""] + [f"- {note}" for note in section.get("notes", [])]
         lines += [f"- **error**: {error}" for error in section.get("errors", [])]
-        lines.append(f"- section time {fmt(section['seconds'], 1)} s")
+        lines.append(f"- section time {fmt(section['seconds'], 1)} s ({fmt(section.get('cpu_seconds'), 1)} s of CPU)")
     return "\n".join(lines).rstrip() + "\n"

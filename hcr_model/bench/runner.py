@@ -110,7 +110,7 @@ def _clean(value):
 
 def run_section(name: str, ctx: BenchContext) -> dict:
     """Run one section; a skip or a failure becomes the section's status."""
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     logger.info("section %s: start", name)
     try:
         result = {"status": "ok", "reason": None, **SECTIONS[name](ctx)}
@@ -120,7 +120,8 @@ def run_section(name: str, ctx: BenchContext) -> dict:
         logger.exception("section %s failed", name)
         result = {"status": "error", "reason": f"{type(exc).__name__}: {exc}"}
     result["seconds"] = time.perf_counter() - start
-    logger.info("section %s: %s in %.1f s", name, result["status"], result["seconds"])
+    result["cpu_seconds"] = time.process_time() - cpu_start
+    logger.info("section %s: %s in %.1f s (%.1f s of CPU)", name, result["status"], result["seconds"], result["cpu_seconds"])
     return result
 
 

@@ -67,11 +67,11 @@ SUITES: dict[str, SuiteConfig] = {
         source="fixtures",
         attacks=("identity", "jpeg75", "jpeg50", "blur1", "noise0.02", "resize0.5", "crop90", "brightness+30", "jpeg_resize"),
         rivagan_images=1,
-        rivagan_attacks=("identity", "jpeg75"),
+        rivagan_attacks=("identity",),
         kinds_per_image=2,
         global_attacks=("jpeg75", "blur1", "resize0.5"),
         speed_images=4,
-        speed_seconds=1.0,
+        speed_seconds=0.5,
     ),
     "full": SuiteConfig(
         name="full",

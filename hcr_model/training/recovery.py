@@ -416,7 +416,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", choices=("photos", "fixtures"), default="photos", help="benchmark photos or the wheel fixture photos")
     p.add_argument("--max-photos", type=int, default=0, help="use at most this many photos per split (0: all)")
     p.add_argument("--crops-per-photo", type=int, default=3, help="augmented R x R crops per training photo, besides its canonical squash")
-    p.add_argument("--val-crops-per-photo", type=int, default=1, help="augmented crops per validation photo")
+    p.add_argument("--val-crops-per-photo", type=int, default=0, help="augmented crops per validation photo")
     p.add_argument("--edit-share", type=float, default=0.5, help="share of cached training images also encoded after a random edit")
     p.add_argument("--jpeg-prob", type=float, default=0.3, help="share of cached edits followed by JPEG quality 75")
 
@@ -424,7 +424,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tampered-prob", type=float, default=0.5, help="share of samples drawn from edited rows that use the cached edited tokens")
     p.add_argument("--generate-prob", type=float, default=0.1, help="share of fully masked samples (unconditional generation)")
 
-    p.add_argument("--batch-size", type=int, default=16, help="samples per step")
+    p.add_argument("--batch-size", type=int, default=8, help="samples per step")
     p.add_argument("--lr", type=float, default=1e-3, help="peak AdamW learning rate (cosine schedule over the wall budget)")
     p.add_argument("--weight-decay", type=float, default=0.05, help="AdamW weight decay")
     p.add_argument("--latent-weight", type=float, default=1.0, help="weight of the expected-codebook-vector error beside the cross-entropy")
@@ -435,7 +435,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p.add_argument("--log-every", type=int, default=20, help="steps between loss logs")
     p.add_argument("--ckpt-minutes", type=float, default=4.0, help="minutes between checkpoints")
-    p.add_argument("--eval-every", type=int, default=200, help="steps between validation measurements")
+    p.add_argument("--eval-every", type=int, default=150, help="steps between validation measurements")
 
     p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch default)")

@@ -2,8 +2,8 @@
 
 A backend works on the canonical grid: images (B, 3, R, R) float in [0, 1],
 carrier bits (B, N) uint8. The payload codec above it turns carrier bits into
-a verified payload; the backend only moves bits in and out of pixels and says
-which 8 x 8 blocks disagree with the bits it expected.
+a verified payload. The backend only moves bits in and out of pixels and
+reports which 8 x 8 blocks disagree with the bits it expected.
 """
 
 from abc import ABC, abstractmethod
@@ -14,20 +14,19 @@ import torch
 
 @dataclass
 class Extraction:
-    """What a backend read from a batch of images.
+    """Readings of a backend from a batch of images.
 
     `soft_bits` combines every repetition of a carrier bit: in [-1, 1], > 0
     means 1, |value| is the reliability. `watermark_score` is 0..1, calibrated
     so that unmarked photos score low (the backend states its threshold).
-    `slots` holds the backend's per-slot readings that `evidence` compares
-    against expected bits; its content is backend-specific.
+    `slots` contains the backend's per-slot readings, which `evidence` compares
+    against expected bits. Its keys are backend-specific.
     """
 
     soft_bits: torch.Tensor  # (B, N) float32
     bit_confidence: torch.Tensor  # (B,) float32, mean |soft_bits|
     watermark_score: torch.Tensor  # (B,) float32 in [0, 1]
     slots: dict[str, torch.Tensor] = field(default_factory=dict)
-    notes: list[list[str]] = field(default_factory=list)  # per image, e.g. "crop synchronisation applied"
 
 
 class WatermarkBackend(ABC):

@@ -68,6 +68,14 @@ def test_audit_without_key_stops(monkeypatch, tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+def test_unknown_weights_version_stops(monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "photos").mkdir()
+    assert main(["protect", str(tmp_path / "photos"), str(tmp_path / "out"), "--model-version", "v999"]) == 2
+    assert "weights version 'v999' not found" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def test_default_sweep_id_is_utc_date():
     config = AuditConfig(source="s3://bucket/archives/photos/", dest="out")
     moment = datetime.datetime(2025, 3, 9, 23, 30, tzinfo=datetime.timezone(datetime.timedelta(hours=-5)))

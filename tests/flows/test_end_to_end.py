@@ -1,7 +1,7 @@
 """Protect, edit and audit real photos through the Prefect flows and Ray actors, on S3 (moto).
 
-The pipeline runs once per module (protect, audit, a same-day rerun and an
-audit under a wrong key); each test checks one property of the results.
+The pipeline runs once per module: protect, audit, a same-day rerun and an
+audit under a wrong key. Each test then checks one property of the results.
 """
 
 import io
@@ -16,7 +16,6 @@ from flows.cli import main as hcr_main
 from flows.results import read_verdicts
 from schemas.config import StorageOptions
 
-pytestmark = pytest.mark.timeout(900)
 
 # The edited region of china.jpg (x0, y0, x1, y1), replaced by flower pixels.
 EDIT_BOX = (120, 100, 400, 300)
@@ -40,6 +39,13 @@ def _weights_present() -> bool:
     except (ImportError, FileNotFoundError):
         return False
     return all((folder / name).is_file() for name in ("tokenizer.pt", "localizer.pt", "recovery.pt", "calibration.json"))
+
+
+pytestmark = [
+    pytest.mark.timeout(900),
+    # Checked before the session's Ray and Prefect fixtures start, which cost tens of seconds.
+    pytest.mark.skipif(not _weights_present(), reason="hcr_model/weights/v1 is not complete yet (tokenizer, localizer, recovery, calibration)"),
+]
 
 
 def _tar(members: dict[str, bytes]) -> bytes:
@@ -85,8 +91,6 @@ def _build_audit_archive(fs, bucket: str, protected: str, photos_dir) -> None:
 @pytest.fixture(scope="module")
 def pipeline(ray_local, prefect_harness, s3_endpoint, photos_dir, tmp_path_factory):
     """Run protect, audit, a rerun and a wrong-key audit once; return what the tests inspect."""
-    if not _weights_present():
-        pytest.skip("hcr_model/weights/v1 is not complete yet (tokenizer, localizer, recovery, calibration)")
     import boto3
 
     bucket = "hcr-e2e"

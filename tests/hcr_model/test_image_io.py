@@ -27,6 +27,7 @@ def test_jpeg_decodes_to_rgb(photos_dir):
     assert decoded.alpha is None
     assert decoded.format == "JPEG"
     assert decoded.notes == []
+    assert decoded.rgb.flags.writeable
 
 
 @pytest.mark.parametrize("orientation, shape", [(1, (300, 451, 3)), (3, (300, 451, 3)), (6, (451, 300, 3)), (8, (451, 300, 3))])

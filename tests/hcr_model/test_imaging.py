@@ -11,7 +11,8 @@ def test_to_canonical_any_size(size):
     x = torch.rand(2, 3, *size)
     canonical = to_canonical(x, 256)
     assert canonical.shape == (2, 3, 256, 256)
-    assert canonical.min() >= 0 and canonical.max() <= 1
+    assert canonical.min() >= 0
+    assert canonical.max() <= 1
 
 
 def test_resize_round_trip_keeps_low_frequencies():
