@@ -12,7 +12,7 @@ from collections import Counter
 
 import pyarrow as pa
 
-from actors.runtime import WorkerInfo, load_models
+from actors.runtime import WorkerInfo, load_models, run_batch
 from flows import paths, storage
 from flows.reader import FailedImage, LoadedImage, iter_batches
 from flows.registry import load_registry
@@ -49,8 +49,13 @@ class AuditWorker(WorkerInfo):
 
         for batch in iter_batches(spec, spec.batch_size):
             loaded = [item for item in batch if isinstance(item, LoadedImage)]
-            outputs = self.auditor.audit_batch([_engine_input(item) for item in loaded])
+            outputs = run_batch(self.auditor.audit_batch, [_engine_input(item) for item in loaded], "audit")
             for item, output in zip(loaded, outputs, strict=True):
+                if isinstance(output, Exception):
+                    message = f"model failed on {item.entry.image_id}: {type(output).__name__}: {output}"
+                    rows.append(self._error_row(spec, FailedImage(item.entry, item.sha256, message)))
+                    errors.append((item.entry.image_id, message))
+                    continue
                 rows.append(self._verdict_row(spec, fs, item, output))
                 mac_failed += bool(output.payload_mac_failed)
             for item in batch:

@@ -11,14 +11,14 @@ import logging
 
 import pyarrow as pa
 
-from actors.runtime import WorkerInfo, load_models
+from actors.runtime import WorkerInfo, load_models, run_batch
 from flows import paths, storage
 from flows.reader import FailedImage, LoadedImage, iter_batches
 from flows.shard import ShardSpec, ShardStats, run_shard
 from hcr_model.image_io import encode_image
+from schemas.arrow import rows_to_table
 from schemas.config import ModelOptions
 from schemas.rows import REGISTRY_FILE_SCHEMA, RegistryRow
-from schemas.arrow import rows_to_table
 
 logger = logging.getLogger(__name__)
 
@@ -49,15 +49,18 @@ class ProtectWorker(WorkerInfo):
                 if isinstance(item, FailedImage):
                     errors.append((item.entry.image_id, item.error))
                     logger.warning("protect: %s", item.error)
-            outputs = self.protector.protect_batch([_engine_input(item) for item in loaded])
+            outputs = run_batch(self.protector.protect_batch, [_engine_input(item) for item in loaded], "protect")
             for item, output in zip(loaded, outputs, strict=True):
+                if isinstance(output, Exception):
+                    errors.append((item.entry.image_id, f"model failed on {item.entry.image_id}: {type(output).__name__}: {output}"))
+                    continue
                 rows.append(self._write_protected(spec, fs, item, output))
 
         stats = ShardStats(
             shard=spec.shard,
             images=len(spec.entries),
             rows=len(rows),
-            counts={"protected": len(rows), "error": len(errors)},
+            counts={name: count for name, count in (("protected", len(rows)), ("error", len(errors))) if count},
             errors=errors,
             key_id=self.key_id,
             model_version=self.model_version,
@@ -77,8 +80,7 @@ class ProtectWorker(WorkerInfo):
         target = paths.protected_path(spec.dest, spec.archive, item.entry.image_id + (encoded.extension or ""))
         _, target_path = storage.open_url(target, spec.storage)
         storage.write_bytes(fs, target_path, encoded.data, spec.storage)
-        for note in encoded.notes + output.notes:
-            logger.info("protect %s: %s", item.entry.image_id, note)
+        notes = output.notes + encoded.notes
 
         label, metadata = spec.labels.get(item.entry.image_id, (None, None))
         return RegistryRow(
@@ -95,6 +97,7 @@ class ProtectWorker(WorkerInfo):
             key_id=self.key_id,
             model_version=self.model_version,
             protected_at=datetime.datetime.now(datetime.UTC),
+            notes="; ".join(notes) or None,
         )
 
 

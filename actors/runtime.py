@@ -3,6 +3,7 @@
 import logging
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -35,6 +36,31 @@ def load_models(model: ModelOptions):
         bundle.version, bundle.device, torch.get_num_threads(), key.key_id,
     )
     return bundle, key, bundle.device
+
+
+def run_batch(batch_fn: Callable[[list], list], inputs: list, what: str) -> list:
+    """Run a model batch; when it raises, retry image by image and return the errors in place.
+
+    One image that breaks the model must not fail its whole shard, since a
+    failed shard fails again on every rerun. When every image fails alone too,
+    the cause is not one image (a lost GPU, say), so the first error is raised
+    and the shard stays unfinished.
+    """
+    try:
+        return batch_fn(inputs)
+    except Exception as error:  # noqa: BLE001 - any model error triggers the per-image retry
+        logger.warning("%s batch of %d images failed (%s: %s); retrying image by image", what, len(inputs), type(error).__name__, error)
+
+    results: list = []
+    for single in inputs:
+        try:
+            results.extend(batch_fn([single]))
+        except Exception as error:  # noqa: BLE001 - becomes this image's error row
+            logger.warning("%s failed on %s: %s: %s", what, single.image_id, type(error).__name__, error)
+            results.append(error)
+    if results and all(isinstance(result, Exception) for result in results):
+        raise results[0]
+    return results
 
 
 class WorkerInfo:

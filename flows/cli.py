@@ -47,7 +47,9 @@ def _build_parser() -> argparse.ArgumentParser:
         "(~/.config/hcr/key, mode 0600) when neither HCR_KEY nor HCR_KEY_FILE is set. Rerunning resumes.",
     )
     protect.add_argument("source", metavar="SRC", help="archive URL: folder, s3://bucket/prefix, memory://...")
-    protect.add_argument("dest", metavar="DEST", help="destination URL for protected images and the registry")
+    protect.add_argument(
+        "--out", dest="dest", metavar="DEST", required=True, help="destination URL for protected images and the registry"
+    )
     add_run_arguments(protect, ProtectConfig)
 
     audit = commands.add_parser(
@@ -59,7 +61,9 @@ def _build_parser() -> argparse.ArgumentParser:
         "Rerunning the same sweep id resumes.",
     )
     audit.add_argument("source", metavar="SRC", help="archive URL: folder, s3://bucket/prefix, memory://...")
-    audit.add_argument("dest", metavar="DEST", help="destination URL for verdicts, masks and restored crops")
+    audit.add_argument(
+        "--out", dest="dest", metavar="DEST", required=True, help="destination URL for verdicts, masks and restored crops"
+    )
     add_run_arguments(audit, AuditConfig)
 
     verify = commands.add_parser(
@@ -127,8 +131,9 @@ def main(argv: list[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     _configure_logging(args.log_level)
 
-    from hcr_model.keys import InvalidKeyError, KeyNotConfiguredError
     from pydantic import ValidationError
+
+    from hcr_model.keys import InvalidKeyError, KeyNotConfiguredError
 
     try:
         return _run(args)

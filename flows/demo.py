@@ -142,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     from flows.api import audit, protect
+    from flows.runtime import prepare_environment, ray_session
+    from schemas.config import PrefectOptions, RayOptions
 
     if not args.photos.is_dir():
         print(f"error: photo folder {args.photos} not found; pass --photos DIR", file=sys.stderr)
@@ -160,15 +162,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"demo key written to {key_file}")
 
     store, edited, truth_dir, results = workdir / "store", workdir / "edited", workdir / "truth", workdir / "audit"
-    print(f"1/3 protecting {args.photos} -> {store}")
-    print(protect(str(args.photos), str(store), archive="demo").format())
 
-    print(f"\n2/3 editing copies -> {edited} (ground truth in {truth_dir})")
-    truth = make_edits(store / "protected" / "demo", args.photos, edited, truth_dir, args.seed)
+    # One local Ray serves both flows, which saves a Ray start.
+    ray_options = RayOptions()
+    prepare_environment(ray_options, PrefectOptions())
+    with ray_session(ray_options):
+        print(f"1/3 protecting {args.photos} -> {store}")
+        print(protect(str(args.photos), str(store), archive="demo").format())
 
-    print(f"\n3/3 auditing {edited} -> {results}")
-    summary = audit(str(edited), str(results), registry=str(store), archive="demo-edited")
-    print(summary.format())
+        print(f"\n2/3 editing copies -> {edited} (ground truth in {truth_dir})")
+        truth = make_edits(store / "protected" / "demo", args.photos, edited, truth_dir, args.seed)
+
+        print(f"\n3/3 auditing {edited} -> {results}")
+        summary = audit(str(edited), str(results), registry=str(store), archive="demo-edited")
+        print(summary.format())
 
     report(results / "verdicts", truth)
     print(

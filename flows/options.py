@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from schemas.config import AuditConfig, ProtectConfig, RunOptions
+from schemas.config import ProtectConfig, RunOptions
 
 # flat name -> path of the field inside RunOptions
 RUN_FIELDS: dict[str, tuple[str, ...]] = {

@@ -62,6 +62,11 @@ class Localizer(nn.Module):
     [0, 1]. H and W are multiples of 16: 256 in the audit, smaller crops in
     training. Output: tamper logits (B, 1, H, W).
 
+    Global damage (strong blur, heavy JPEG) raises the evidence everywhere,
+    up to the ≈0.5 of replaced content, so the network also sees the
+    evidence relative to the image's median cell (its ``background``). Edits
+    cover well under half of an image, so the median is an intact level.
+
     The network never convolves at full resolution, which is what keeps it
     cheap on CPU: a pixel-unshuffle stem folds each 2×2 patch into channels
     at H/2, and a pixel-shuffle head unfolds 4 logits per H/2 cell back to
@@ -78,19 +83,27 @@ class Localizer(nn.Module):
             raise ValueError("the R/8 skip expects evidence_stride == 8")
 
         # Input channels per pixel: RGB centred on 0, the upsampled evidence,
-        # and a high-pass of the luma (image minus its 3×3 mean), which shows
-        # local blur and resampling traces. ×4 after the 2×2 unshuffle.
-        self.enc1 = _block(4 * 5, w[0])  # H/2
+        # a high-pass of the luma (image minus its 3×3 mean), which shows
+        # local blur and resampling traces, and the upsampled evidence minus
+        # the background. ×4 after the 2×2 unshuffle.
+        self.enc1 = _block(4 * 6, w[0])  # H/2
         self.enc2 = _block(w[0], w[1])  # H/4
-        self.enc3 = _block(w[1] + 1, w[2])  # H/8, +1: evidence at its native block grid
+        # +3 at H/8: evidence, evidence - background and the background, on the native block grid.
+        self.enc3 = _block(w[1] + 3, w[2])
         self.bottleneck = _block(w[2], w[3])  # H/16
 
-        self.dec3 = _block(w[3] + w[2] + 1, w[2])
+        self.dec3 = _block(w[3] + w[2] + 3, w[2])
         self.dec2 = _block(w[2] + w[1], w[1], depth=1)
         self.dec1 = _block(w[1] + w[0], w[0], depth=1)
         self.head = nn.Conv2d(w[0], 4, 1)  # 4 = the 2×2 pixels of each H/2 cell
 
-    def forward(self, x: torch.Tensor, evidence: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, evidence: torch.Tensor, background: torch.Tensor | None = None) -> torch.Tensor:
+        """Return tamper logits (B, 1, H, W).
+
+        ``background`` (B,) is the median of the whole image's evidence map.
+        It defaults to the median of ``evidence``, which is right for whole
+        images. Callers that pass crops must pass the whole image's median.
+        """
         b, _, h, w = x.shape
         stride = self.config.evidence_stride
         if h % 16 or w % 16:
@@ -101,21 +114,33 @@ class Localizer(nn.Module):
                 f"got {tuple(evidence.shape)}"
             )
         evidence = evidence.to(x.dtype)
+        if background is None:
+            background = evidence_background(evidence)
+        background = background.to(x.dtype).view(b, 1, 1, 1)
+        relative = evidence - background
+        background_map = background.expand_as(evidence)
 
         luma = 0.299 * x[:, :1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
         high_pass = luma - F.avg_pool2d(luma, 3, stride=1, padding=1, count_include_pad=False)
         evidence_full = F.interpolate(evidence, size=(h, w), mode="bilinear", align_corners=False)
-        inputs = torch.cat([x - 0.5, evidence_full, 4.0 * high_pass], dim=1)  # (B, 5, H, W)
+        relative_full = evidence_full - background
+        inputs = torch.cat([x - 0.5, evidence_full, 4.0 * high_pass, relative_full], dim=1)  # (B, 6, H, W)
 
         e1 = self.enc1(F.pixel_unshuffle(inputs, 2))  # (B, w0, H/2, W/2)
         e2 = self.enc2(F.max_pool2d(e1, 2))  # (B, w1, H/4, W/4)
-        e3 = self.enc3(torch.cat([F.max_pool2d(e2, 2), evidence], dim=1))  # (B, w2, H/8, W/8)
+        block_inputs = torch.cat([evidence, relative, background_map], dim=1)  # (B, 3, H/8, W/8)
+        e3 = self.enc3(torch.cat([F.max_pool2d(e2, 2), block_inputs], dim=1))  # (B, w2, H/8, W/8)
         bottom = self.bottleneck(F.max_pool2d(e3, 2))  # (B, w3, H/16, W/16)
 
-        d3 = self.dec3(torch.cat([_upsample(bottom), e3, evidence], dim=1))  # (B, w2, H/8, W/8)
+        d3 = self.dec3(torch.cat([_upsample(bottom), e3, block_inputs], dim=1))  # (B, w2, H/8, W/8)
         d2 = self.dec2(torch.cat([_upsample(d3), e2], dim=1))  # (B, w1, H/4, W/4)
         d1 = self.dec1(torch.cat([_upsample(d2), e1], dim=1))  # (B, w0, H/2, W/2)
         return F.pixel_shuffle(self.head(d1), 2)  # (B, 1, H, W)
+
+
+def evidence_background(evidence: torch.Tensor) -> torch.Tensor:
+    """Return the median cell of each (B, 1, h, w) evidence map, shape (B,)."""
+    return evidence.flatten(1).median(dim=1).values
 
 
 def _upsample(t: torch.Tensor) -> torch.Tensor:

@@ -77,6 +77,7 @@ class RegistryRow(BaseModel):
     key_id: str = Field(description="fingerprint of the key used")
     model_version: str = Field(description="weights version used")
     protected_at: datetime.datetime = Field(description="UTC time of protection")
+    notes: str | None = Field(default=None, description="non-fatal remarks of protection, joined with '; ' (extra column)")
 
 
 VERDICT_PARTITION_KEYS = ("sweep_date", "archive")

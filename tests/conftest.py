@@ -7,8 +7,10 @@ server, and an S3-compatible moto server, all on 127.0.0.1. Ray and Prefect
 took 20-70 s together on a busy 2-core machine; moto takes under 1 s.
 """
 
+import atexit
 import logging
 import os
+import shutil
 import tempfile
 import uuid
 from pathlib import Path
@@ -16,6 +18,7 @@ from pathlib import Path
 # A fixed 256-bit test key; tests that need another key use key files.
 TEST_KEY_HEX = "5ec7e5" + "a1" * 29
 _PREFECT_HOME = tempfile.mkdtemp(prefix="hcr-test-prefect-")
+atexit.register(shutil.rmtree, _PREFECT_HOME, ignore_errors=True)
 
 os.environ.update(
     {

@@ -48,7 +48,7 @@ from hcr_model.bench.attacks import ATTACKS, Crop
 from hcr_model.bench.tampering import TAMPER_KINDS, tamper
 from hcr_model.imaging import to_canonical
 from hcr_model.keys import SecretKey
-from hcr_model.localizer import EVIDENCE_STRIDE, Localizer, LocalizerConfig, save_localizer
+from hcr_model.localizer import EVIDENCE_STRIDE, Localizer, LocalizerConfig, evidence_background, save_localizer
 from hcr_model.payload import PayloadCodec
 from hcr_model.training.common import (
     Checkpointer,
@@ -125,6 +125,7 @@ class LocalizerTrainConfig(BaseModel):
     seed: int = Field(0, description="random seed")
     key_seed: str = Field("hcr/localizer-training", description="text hashed into the training key; the localizer is key-agnostic")
     no_train: bool = Field(False, description="skip training and only calibrate and export the checkpoint")
+    init: Path | None = Field(None, description="warm start a new run from this checkpoint or weight file (ignored when OUT has a checkpoint)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -296,10 +297,12 @@ def random_crops(batch: SampleBatch, crop: int, reuse: int, rng: np.random.Gener
     """Cut ``reuse`` crops of side ``crop`` per sample, aligned to the evidence's 8-pixel blocks.
 
     Returns (images (B*reuse, 3, c, c), evidence (B*reuse, 1, c/8, c/8),
-    masks (B*reuse, 1, c, c)).
+    masks (B*reuse, 1, c, c), background (B*reuse,)), where background is
+    the median of the whole image's evidence map, as the audit computes it.
     """
     resolution = batch.image.shape[-1]
     cells = (resolution - crop) // EVIDENCE_STRIDE
+    background = evidence_background(batch.evidence).repeat(reuse)
     images, evidence, masks = [], [], []
     for _ in range(reuse):
         for i in range(batch.image.shape[0]):
@@ -309,7 +312,36 @@ def random_crops(batch: SampleBatch, crop: int, reuse: int, rng: np.random.Gener
             masks.append(batch.mask[i, :, top : top + crop, left : left + crop])
             t, l, c = top // EVIDENCE_STRIDE, left // EVIDENCE_STRIDE, crop // EVIDENCE_STRIDE
             evidence.append(batch.evidence[i, :, t : t + c, l : l + c])
-    return torch.stack(images), torch.stack(evidence), torch.stack(masks)
+    return torch.stack(images), torch.stack(evidence), torch.stack(masks), background
+
+
+def warm_start(model: Localizer, path: Path) -> None:
+    """Initialize ``model`` from a checkpoint or weight file of a narrower localizer.
+
+    Tensors of equal shape are copied. A convolution that gained input
+    channels (appended at the end) gets the old weights in its leading
+    slice and zeros elsewhere, so the model starts out computing the old
+    function.
+    """
+    record = torch.load(path, map_location="cpu", weights_only=False)
+    source = record.get("model") or record.get("state_dict")
+    if source is None:
+        raise ValueError(f"{path} contains neither a training checkpoint nor a localizer weight file")
+    target = model.state_dict()
+    copied, widened = 0, 0
+    for name, tensor in source.items():
+        destination = target.get(name)
+        if destination is None or destination.ndim != tensor.ndim:
+            continue
+        if destination.shape == tensor.shape:
+            destination.copy_(tensor)
+            copied += 1
+        elif all(d >= s for d, s in zip(destination.shape, tensor.shape)):
+            destination.zero_()
+            destination[tuple(slice(0, s) for s in tensor.shape)].copy_(tensor)
+            widened += 1
+    model.load_state_dict(target)
+    logger.info("warm start from %s: %d tensors copied, %d widened", path, copied, widened)
 
 
 # ---- data -----------------------------------------------------------------------
@@ -591,6 +623,8 @@ def main(argv: list[str] | None = None) -> int:
     model = Localizer(LocalizerConfig(widths=tuple(model_config["widths"])) if model_config else LocalizerConfig())
     if state:
         model.load_state_dict(state["model"])
+    elif config.init is not None:
+        warm_start(model, config.init)
     model.to(device).train()
     logger.info("localizer: %d parameters on %s, config %s", sum(p.numel() for p in model.parameters()), device, config.model_dump_json())
 
@@ -633,11 +667,11 @@ def main(argv: list[str] | None = None) -> int:
         protected, _ = maker.protect(train_tiles.next(per_batch), rng)
         attacks = random_attacks(per_batch, rng, attack_names, config.identity_prob)
         batch = maker.make(protected, rng, tamper_prob=config.tamper_prob, attacks=attacks, area=area)
-        image, evidence, target = random_crops(batch, config.crop, config.reuse, rng)
+        image, evidence, target, background = random_crops(batch, config.crop, config.reuse, rng)
         data_seconds = time.monotonic() - started
 
         with autocast(device):
-            logits = model(image.to(device), evidence.to(device))
+            logits = model(image.to(device), evidence.to(device), background.to(device))
         loss, scalars = localization_loss(logits.float(), target.to(device), config.dice_weight)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

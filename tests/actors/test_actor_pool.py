@@ -106,3 +106,39 @@ def test_actor_loads_models_once(ray_local, tmp_path, photos_dir):
     assert after["loaded_at"] == before["loaded_at"]
     assert after["pid"] == before["pid"]
     assert after["shards_run"] == 3
+
+
+class _Image:
+    def __init__(self, image_id: str):
+        self.image_id = image_id
+
+
+def _square_batch(images: list) -> list:
+    """Return each image's id length squared; raise on ids starting with 'bad'."""
+    for image in images:
+        if image.image_id.startswith("bad"):
+            raise ValueError(f"cannot process {image.image_id}")
+    return [len(image.image_id) ** 2 for image in images]
+
+
+def test_run_batch_plain():
+    from actors.runtime import run_batch
+
+    assert run_batch(_square_batch, [_Image("ab"), _Image("abc")], "test") == [4, 9]
+
+
+def test_run_batch_isolates_bad_image():
+    from actors.runtime import run_batch
+
+    results = run_batch(_square_batch, [_Image("ab"), _Image("bad1"), _Image("abcd")], "test")
+    assert results[0] == 4
+    assert isinstance(results[1], ValueError)
+    assert "bad1" in str(results[1])
+    assert results[2] == 16
+
+
+def test_run_batch_raises_when_all_fail():
+    from actors.runtime import run_batch
+
+    with pytest.raises(ValueError, match="bad1"):
+        run_batch(_square_batch, [_Image("bad1"), _Image("bad2")], "test")

@@ -62,7 +62,7 @@ def test_audit_without_key_stops(monkeypatch, tmp_path, capsys):
     monkeypatch.delenv("HCR_KEY_FILE", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))
     (tmp_path / "photos").mkdir()
-    assert main(["audit", str(tmp_path / "photos"), str(tmp_path / "out")]) == 2
+    assert main(["audit", str(tmp_path / "photos"), "--out", str(tmp_path / "out")]) == 2
     assert "no secret key configured" in capsys.readouterr().err
     assert not (tmp_path / ".config" / "hcr" / "key").exists()
     assert not (tmp_path / "out").exists()
@@ -71,7 +71,7 @@ def test_audit_without_key_stops(monkeypatch, tmp_path, capsys):
 def test_unknown_weights_version_stops(monkeypatch, tmp_path, capsys):
     monkeypatch.setenv("HOME", str(tmp_path))
     (tmp_path / "photos").mkdir()
-    assert main(["protect", str(tmp_path / "photos"), str(tmp_path / "out"), "--model-version", "v999"]) == 2
+    assert main(["protect", str(tmp_path / "photos"), "--out", str(tmp_path / "out"), "--model-version", "v999"]) == 2
     assert "weights version 'v999' not found" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 

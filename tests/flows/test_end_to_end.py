@@ -16,7 +16,6 @@ from flows.cli import main as hcr_main
 from flows.results import read_verdicts
 from schemas.config import StorageOptions
 
-
 # The edited region of china.jpg (x0, y0, x1, y1), replaced by flower pixels.
 EDIT_BOX = (120, 100, 400, 300)
 SOURCE_PHOTOS = ("astronaut.jpg", "chelsea.jpg", "china.jpg", "coffee.png", "rocket.jpg")

@@ -12,6 +12,7 @@ from hcr_model.localizer import (
     Localizer,
     LocalizerConfig,
     LocalizerWeights,
+    evidence_background,
     load_localizer,
     predict_mask,
     save_localizer,
@@ -36,6 +37,18 @@ def test_forward_shapes():
         logits = model(torch.rand(2, 3, 64, 96), torch.rand(2, 1, 8, 12))
     assert logits.shape == (2, 1, 64, 96)
     assert logits.dtype == torch.float32
+
+
+def test_background_defaults_to_evidence_median():
+    model = Localizer().eval()
+    x, evidence = torch.rand(2, 3, 64, 64), torch.rand(2, 1, 8, 8)
+    with torch.no_grad():
+        implicit = model(x, evidence)
+        explicit = model(x, evidence, evidence_background(evidence))
+        shifted = model(x, evidence, evidence_background(evidence) + 0.3)
+    assert evidence_background(evidence).shape == (2,)
+    assert torch.allclose(implicit, explicit)
+    assert not torch.allclose(implicit, shifted)
 
 
 def test_parameter_count_is_small():

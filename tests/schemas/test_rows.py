@@ -67,6 +67,8 @@ REGISTRY_CONTRACT = [
     ("model_version", pa.string()),
     ("protected_at", pa.timestamp("us", tz="UTC")),
 ]
+# Columns beyond the contract, which allows extra ones.
+REGISTRY_EXTRA = [("notes", pa.string())]
 
 
 def _verdict(**changes) -> VerdictRow:
@@ -92,12 +94,14 @@ def test_verdict_contract_nullable_columns():
 
 
 def test_registry_columns_match_contract():
-    assert [(field.name, field.type) for field in REGISTRY_SCHEMA] == REGISTRY_CONTRACT
+    columns = [(field.name, field.type) for field in REGISTRY_SCHEMA]
+    assert columns[: len(REGISTRY_CONTRACT)] == REGISTRY_CONTRACT
+    assert columns[len(REGISTRY_CONTRACT) :] == REGISTRY_EXTRA
 
 
 def test_partition_keys_not_in_files():
     assert VERDICT_FILE_SCHEMA.names == [name for name, _ in VERDICT_CONTRACT if name not in ("sweep_date", "archive")]
-    assert REGISTRY_FILE_SCHEMA.names == [name for name, _ in REGISTRY_CONTRACT if name != "archive"]
+    assert REGISTRY_FILE_SCHEMA.names == [name for name, _ in REGISTRY_CONTRACT + REGISTRY_EXTRA if name != "archive"]
 
 
 def test_verdict_values():
