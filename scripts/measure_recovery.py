@@ -140,10 +140,10 @@ def opencv_inpaint(received: torch.Tensor, mask: torch.Tensor, method: int) -> t
     return torch.stack(out)
 
 
-@torch.no_grad()
 class Originals:
     """Per-image quantities that do not depend on the edit, computed once: tokens and two decodes."""
 
+    @torch.no_grad()
     def __init__(self, tokenizer, images: torch.Tensor, n_code: int, batch_size: int) -> None:
         tokens, oracle, code_only = [], [], []
         for start in range(0, len(images), batch_size):

@@ -23,7 +23,7 @@ from hcr_model.bench.suites import BenchImage, SuiteConfig, kinds_for_image
 from hcr_model.bench.tampering import tamper
 from hcr_model.bundle import VERSION_BYTES, BundleNotFoundError, ModelBundle, load_calibration, select_device, weights_dir
 from hcr_model.engine import Auditor, AuditOutput, ImageInput, rgb_to_tensor, tensor_to_rgb
-from hcr_model.imaging import CANONICAL_RESOLUTION, resize_to, to_canonical
+from hcr_model.imaging import CANONICAL_RESOLUTION, add_residual, resize_to, to_canonical
 from hcr_model.keys import SecretKey
 from hcr_model.payload import DEFAULT_CODE_BITS, PayloadCodec
 from hcr_model.watermark.dct import DctCarrier
@@ -161,7 +161,7 @@ def embed_full_resolution(carrier: DctCarrier, rgb: np.ndarray, bits: np.ndarray
         canonical = to_canonical(original, carrier.resolution)
         marked = carrier.embed(canonical, torch.as_tensor(bits[None], device=device))
         residual = resize_to(marked - canonical, original.shape[-2:])
-        return tensor_to_rgb(original + residual)
+        return tensor_to_rgb(add_residual(original, residual))
 
 
 def canonical_stack(images: list[np.ndarray], resolution: int, device: torch.device) -> torch.Tensor:

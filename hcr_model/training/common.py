@@ -95,7 +95,7 @@ class Checkpointer:
         """Return the saved state, or None when no checkpoint exists yet."""
         if not self.exists():
             return None
-        # The checkpoint holds optimizer state and RNG tuples, so it is not a plain tensor file.
+        # The checkpoint contains optimizer state and RNG tuples, so weights_only loading would reject it.
         state = torch.load(self.path, map_location="cpu", weights_only=False)
         if restore_rng and "rng" in state:
             random.setstate(state["rng"]["python"])
