@@ -315,14 +315,17 @@ def real_codes(tokenizer, n_crops: int, seed: int) -> tuple[list[torch.Tensor], 
 
 @torch.no_grad()
 def jittered_codes(tokenizer, codes: list[torch.Tensor], n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """n codes made from real ones by replacing 1-3 random tokens; returns (bits (n, code_bits), embeddings (n, D))."""
+    """n codes made from real ones by replacing 1-3 random tokens; returns (bits (n, code_bits), embeddings (n, D)).
+
+    A replacement can draw the token already there, so a few copies keep their source's code.
+    """
     flat = torch.cat([c.reshape(c.shape[0], -1) for c in codes], dim=1)
     bits, embeddings = [], []
     for start in range(0, n, 4096):
         count = min(4096, n - start)
         rows = flat[torch.from_numpy(rng.integers(0, flat.shape[0], count))].clone()
-        for _ in range(3):
-            change = torch.from_numpy(rng.random(count) < 0.67)
+        for step in range(3):
+            change = torch.from_numpy(rng.random(count) < 0.67) | (step == 0)
             position = torch.from_numpy(rng.integers(0, flat.shape[1], count))
             value = torch.from_numpy(rng.integers(0, tokenizer.cfg.codebook_size, count))
             rows[change, position[change]] = value[change]
@@ -341,6 +344,8 @@ def measure_lookup(tokenizer, images: torch.Tensor, sizes: list[int], n_crops: i
     codes, embeddings = real_codes(tokenizer, n_crops, seed)
     logger.info("encoded %d real crops for the registry in %.0f s", len(embeddings), time.monotonic() - started)
     real_bits = tokenizer.hidden_code(codes)
+    distinct_real = len({row.tobytes() for row in real_bits})
+    logger.info("%d distinct hidden codes among %d real crops", distinct_real, len(real_bits))
     jitter_bits, jitter_embeddings = jittered_codes(tokenizer, codes, min(max(sizes), 100_000) - len(embeddings), rng)
 
     # The test images are rows of every registry; queries are their JPEG 75 versions.
@@ -349,7 +354,7 @@ def measure_lookup(tokenizer, images: torch.Tensor, sizes: list[int], n_crops: i
     test_embeddings = tokenizer.code_embedding(test_tokens).numpy()
     query_embeddings = tokenizer.code_embedding(tokenizer.encode(jpeg_pillow(images, 75))).numpy()
 
-    results = {}
+    results: dict = {"real_crops": len(real_bits), "real_distinct_codes": distinct_real}
     for size in sizes:
         n_fill = size - len(images)
         bits = [test_bits, real_bits[:n_fill]]
