@@ -139,7 +139,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--photos", type=Path, default=DEFAULT_PHOTOS, help=f"photos to protect (default: {DEFAULT_PHOTOS})")
     parser.add_argument("--seed", type=int, default=0, help="seed of the edits (default: 0)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # hcr's own loggers at INFO; third-party ones (httpx, prefect's client) stay at WARNING.
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for name in ("flows", "actors", "hcr_model", "schemas"):
+        logging.getLogger(name).setLevel(logging.INFO)
 
     from flows.api import audit, protect
     from flows.runtime import prepare_environment, ray_session

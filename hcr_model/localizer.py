@@ -31,6 +31,11 @@ WEIGHT_FILE_FORMAT = "hcr-localizer/1"
 # The carrier's evidence map has one cell per 8×8 block of the canonical grid.
 EVIDENCE_STRIDE = 8
 
+# Channel values at or beyond these count as clipped (in [0, 1]; 250 and 5 of 255,
+# so JPEG ringing around a clipped area still counts).
+CLIP_HIGH = 250 / 255
+CLIP_LOW = 5 / 255
+
 
 @dataclass(frozen=True)
 class LocalizerConfig:
@@ -63,7 +68,7 @@ class Localizer(nn.Module):
     training. Output: tamper logits (B, 1, H, W).
 
     Global damage (strong blur, heavy JPEG) raises the evidence everywhere,
-    up to the ≈0.5 of replaced content, so the network also sees the
+    up to the ≈0.5 of replaced content, so the network also gets the
     evidence relative to the image's median cell (its ``background``). Edits
     cover well under half of an image, so the median is an intact level.
 
@@ -82,11 +87,13 @@ class Localizer(nn.Module):
         if self.config.evidence_stride != 8:
             raise ValueError("the R/8 skip expects evidence_stride == 8")
 
-        # Input channels per pixel: RGB centred on 0, the upsampled evidence,
-        # a high-pass of the luma (image minus its 3×3 mean), which shows
-        # local blur and resampling traces, and the upsampled evidence minus
-        # the background. ×4 after the 2×2 unshuffle.
-        self.enc1 = _block(4 * 6, w[0])  # H/2
+        # Input channels per pixel, ×4 after the 2×2 unshuffle: RGB centred
+        # on 0, the upsampled evidence, a high-pass of the luma (image minus
+        # its 3×3 mean) that shows local blur and resampling, the upsampled
+        # evidence minus the background, and the share of clipped channels.
+        # Brightness and contrast changes wipe the watermark where they clip,
+        # so evidence there is weak proof of an edit.
+        self.enc1 = _block(4 * 7, w[0])  # H/2
         self.enc2 = _block(w[0], w[1])  # H/4
         # +3 at H/8: evidence, evidence - background and the background, on the native block grid.
         self.enc3 = _block(w[1] + 3, w[2])
@@ -124,7 +131,8 @@ class Localizer(nn.Module):
         high_pass = luma - F.avg_pool2d(luma, 3, stride=1, padding=1, count_include_pad=False)
         evidence_full = F.interpolate(evidence, size=(h, w), mode="bilinear", align_corners=False)
         relative_full = evidence_full - background
-        inputs = torch.cat([x - 0.5, evidence_full, 4.0 * high_pass, relative_full], dim=1)  # (B, 6, H, W)
+        clipped = ((x >= CLIP_HIGH) | (x <= CLIP_LOW)).to(x.dtype).mean(dim=1, keepdim=True)
+        inputs = torch.cat([x - 0.5, evidence_full, 4.0 * high_pass, relative_full, clipped], dim=1)  # (B, 7, H, W)
 
         e1 = self.enc1(F.pixel_unshuffle(inputs, 2))  # (B, w0, H/2, W/2)
         e2 = self.enc2(F.max_pool2d(e1, 2))  # (B, w1, H/4, W/4)

@@ -9,6 +9,12 @@ after each global attack: the pixel false-positive rate and the share of
 images whose mask reaches ``min_fraction``. Then the localizer's throughput
 on one CPU thread.
 
+These tiles are protected, edited and read on the canonical 256 grid. A
+second section runs the test photos at their cached size (shorter side up
+to 512 px) through the product's protect path. There the residual computed
+on the canonical grid is resized to the photo and added, and the edit
+happens at the photo's size. The received photo is resized to the grid again.
+
 The carrier key here differs from the training key, so the numbers also
 show that the localizer does not depend on the key.
 
@@ -28,11 +34,14 @@ import cv2
 import numpy as np
 import torch
 
-from hcr_model.bench.tampering import TAMPER_KINDS
+from hcr_model.bench.attacks import ATTACKS
+from hcr_model.bench.tampering import TAMPER_KINDS, tamper
+from hcr_model.imaging import add_residual, resize_to, to_canonical
 from hcr_model.localizer import load_localizer
 from hcr_model.training.common import setup_logging
 from hcr_model.training.localizer import (
     GLOBAL_ATTACKS,
+    SampleBatch,
     SampleMaker,
     concat_samples,
     per_image_scores,
@@ -53,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--split", default="test", help="data split to measure on (default: test)")
     parser.add_argument("--per-cell", type=int, default=24, help="edited images per (kind, attack) cell (default: 24)")
     parser.add_argument("--clean-per-attack", type=int, default=16, help="untouched images per global attack (default: 16)")
+    parser.add_argument("--full-photos", type=int, default=16, help="photos per cell of the full-resolution section; 0 skips it (default: 16)")
     parser.add_argument("--area-min", type=float, default=0.05, help="smallest edited share of the image (default: 0.05)")
     parser.add_argument("--area-max", type=float, default=0.35, help="largest edited share of the image (default: 0.35)")
     parser.add_argument("--seed", type=int, default=1234, help="random seed (default: 1234)")
@@ -122,6 +132,78 @@ def measure_clean(weights, maker, pool, rng, args) -> list[dict]:
     return rows
 
 
+def load_split_photos(split: str) -> list[torch.Tensor]:
+    """Decode the cached photos of a split as (1, 3, H, W) float in [0, 1]."""
+    from PIL import Image
+
+    from hcr_model.data.photos import load_photos
+
+    photos = []
+    for record in load_photos(split):
+        with Image.open(record.file) as image:
+            array = np.asarray(image.convert("RGB"))
+        photos.append(torch.from_numpy(array.copy()).permute(2, 0, 1)[None].float() / 255.0)
+    return photos
+
+
+@torch.no_grad()
+def full_resolution_cell(maker: SampleMaker, photos: list[torch.Tensor], rng: np.random.Generator, count: int, kind: str, attack: str, area: tuple[float, float]) -> SampleBatch:
+    """Protect, edit and attack photos at their own size; return them on the canonical grid."""
+    resolution = maker.resolution
+    images, masks, areas = [], [], []
+    for _ in range(count):
+        photo = photos[int(rng.integers(0, len(photos)))]
+        height, width = photo.shape[-2:]
+        canonical = to_canonical(photo, resolution)
+        code = rng.integers(0, 2, size=(1, maker.codec.code_bits), dtype=np.uint8)
+        bits = torch.from_numpy(maker.codec.encode_batch(1, code))
+        residual = maker.carrier.embed(canonical, bits) - canonical
+        protected = add_residual(photo, resize_to(residual, (height, width)))
+        protected_u8 = (protected[0].permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
+
+        mask = np.zeros((height, width), bool)
+        edited, edited_area = protected_u8, 0.0
+        if kind != "none":
+            donor = photos[int(rng.integers(0, len(photos)))][0].permute(1, 2, 0).mul(255).round().to(torch.uint8).numpy()
+            result = tamper(protected_u8, rng, kind=kind, area=float(rng.uniform(*area)), donor=donor)
+            edited, mask, edited_area = result.image, result.mask, result.area
+
+        received = ATTACKS[attack].apply(torch.from_numpy(np.ascontiguousarray(edited)).permute(2, 0, 1)[None].float() / 255.0)
+        images.append(to_canonical(received, resolution))
+        masks.append(cv2.resize(mask.astype(np.float32), (resolution, resolution), interpolation=cv2.INTER_AREA) >= 0.5)
+        areas.append(edited_area)
+
+    received = torch.cat(images)
+    evidence, ecc_ok = maker.evidence(received)
+    mask_t = torch.from_numpy(np.stack(masks))[:, None].float()
+    return SampleBatch(received, evidence, mask_t, [kind] * count, [attack] * count, ecc_ok, np.array(areas))
+
+
+def measure_full_resolution(weights, maker, rng, args) -> list[dict]:
+    photos = load_split_photos(args.split)
+    rows = []
+    area = (args.area_min, args.area_max)
+    for kind in ("none",) + TAMPER_KINDS:
+        for attack in EDIT_ATTACKS:
+            samples = full_resolution_cell(maker, photos, rng, args.full_photos, kind, attack, area)
+            mask = localize(weights, samples)
+            f1, iou = per_image_scores(mask, samples.mask)
+            rows.append(
+                {
+                    "kind": kind,
+                    "attack": attack,
+                    "images": len(f1),
+                    "f1": float(f1.mean()) if kind != "none" else None,
+                    "iou": float(iou.mean()) if kind != "none" else None,
+                    "pixel_fpr": pixel_scores(mask, samples.mask)["fpr"],
+                    "detected": float(weights.is_edited(mask).float().mean()),
+                    "payload_ecc_ok": float(samples.ecc_ok.mean()),
+                }
+            )
+            logger.info("full resolution %s", rows[-1])
+    return rows
+
+
 @torch.inference_mode()
 def measure_speed(weights, resolution: int = 256, batch: int = 8, repeats: int = 3) -> dict:
     """Localizer forward pass only, on the CPU with the configured threads."""
@@ -137,7 +219,7 @@ def measure_speed(weights, resolution: int = 256, batch: int = 8, repeats: int =
     return {"batch": batch, "images_per_s": batch / best, "threads": torch.get_num_threads()}
 
 
-def summarize(edits: list[dict], clean: list[dict], speed: dict, weights) -> str:
+def summarize(edits: list[dict], clean: list[dict], full: list[dict], speed: dict, weights) -> str:
     lines = [
         f"threshold {weights.threshold:.3f}, min_fraction {weights.min_fraction:.4f}",
         "",
@@ -159,6 +241,21 @@ def summarize(edits: list[dict], clean: list[dict], speed: dict, weights) -> str
     lines += ["", "| untouched, attack | images | pixel FPR | mask ≥ min_fraction | payload ECC ok |", "|---|---|---|---|---|"]
     for row in clean:
         lines.append(f"| {row['attack']} | {row['images']} | {row['pixel_fpr']:.4f} | {row['flagged']:.0%} | {row['payload_ecc_ok']:.0%} |")
+    if full:
+        lines += [
+            "",
+            "Full-resolution protect path (test photos at their cached size):",
+            "",
+            "| kind | attack | images | F1 | IoU | pixel FPR | mask ≥ min_fraction | payload ECC ok |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for row in full:
+            f1 = "—" if row["f1"] is None else f"{row['f1']:.3f}"
+            iou = "—" if row["iou"] is None else f"{row['iou']:.3f}"
+            lines.append(
+                f"| {row['kind']} | {row['attack']} | {row['images']} | {f1} | {iou} | {row['pixel_fpr']:.4f} | "
+                f"{row['detected']:.0%} | {row['payload_ecc_ok']:.0%} |"
+            )
     lines += ["", f"localizer forward: {speed['images_per_s']:.1f} images/s at 256², batch {speed['batch']}, {speed['threads']} thread(s)"]
     return "\n".join(lines)
 
@@ -178,10 +275,11 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     edits = measure_edits(weights, maker, pool, rng, args)
     clean = measure_clean(weights, maker, pool, rng, args)
+    full = measure_full_resolution(weights, maker, rng, args) if args.full_photos > 0 else []
     speed = measure_speed(weights)
     logger.info("measured in %.0f s", time.monotonic() - started)
 
-    print(summarize(edits, clean, speed, weights))
+    print(summarize(edits, clean, full, speed, weights))
     if args.json is not None:
         result = {
             "split": args.split,
@@ -189,6 +287,7 @@ def main(argv: list[str] | None = None) -> int:
             "min_fraction": weights.min_fraction,
             "edits": edits,
             "clean": clean,
+            "full_resolution": full,
             "speed": speed,
         }
         args.json.write_text(json.dumps(result, indent=2))

@@ -8,8 +8,8 @@ Training samples are built on the fly, as an audit receives images:
 2. with probability ``--tamper-prob`` a random edit from the benchmark's
    tampering generator (kind, shape and area recorded), else untouched;
 3. one attack of the evaluation grid (real Pillow JPEG, Pillow resizing,
-   centred crops), or identity; size-changing attacks are resized back to
-   the canonical grid and the mask follows crops;
+   centred crops), or identity. Size-changing attacks are resized back to
+   the canonical grid, and the mask follows crops;
 4. carrier extraction, payload decoding and the evidence map against the
    bits the audit would use: the re-encoded payload when the ECC decodes,
    else the hard decisions of the soft bits.
@@ -106,6 +106,7 @@ class LocalizerTrainConfig(BaseModel):
     lr: float = Field(2e-3, description="peak AdamW learning rate (linear warmup, cosine decay over the budget)")
     weight_decay: float = Field(1e-4, description="AdamW weight decay")
     dice_weight: float = Field(1.0, description="weight of the soft Dice loss next to BCE")
+    hard_weight: float = Field(0.5, description="weight of the hard-negative BCE term (worst 5 % of each image's outside-the-mask pixels)")
     tamper_prob: float = Field(0.7, description="probability that a training sample is tampered (else untouched)")
     identity_prob: float = Field(0.3, description="probability of no attack after the edit (else one drawn from --train-attacks)")
     train_attacks: str = Field(",".join(GLOBAL_ATTACKS[1:]), description="comma-separated attack names (hcr_model.bench.attacks.ATTACKS) drawn uniformly after the edit")
@@ -133,7 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hcr train localizer", description=__doc__.split("\n\n")[0])
     for name, field in LocalizerTrainConfig.model_fields.items():
         flag = "--" + name.replace("_", "-")
-        help_text = f"{field.description} (default: {field.default})"
+        # argparse formats help with %, so a literal % is written %%.
+        help_text = f"{field.description} (default: {field.default})".replace("%", "%%")
         if field.annotation is bool:
             parser.add_argument(flag, action="store_true", help=help_text)
         else:
@@ -153,7 +155,7 @@ def training_key(seed: str) -> SecretKey:
 class SampleBatch:
     """Localizer inputs and ground truth for B received images on the canonical grid."""
 
-    image: torch.Tensor  # (B, 3, R, R) float in [0, 1], as the audit sees it
+    image: torch.Tensor  # (B, 3, R, R) float in [0, 1], as the audit receives it
     evidence: torch.Tensor  # (B, 1, R/8, R/8) carrier block disagreement
     mask: torch.Tensor  # (B, 1, R, R) float 0/1, 1 = edited
     kinds: list[str]  # tamper kind per image, "none" when untouched
@@ -386,16 +388,32 @@ def protected_split(maker: SampleMaker, split: str, seed: int, chunk: int = 16) 
 # ---- loss and metrics -----------------------------------------------------------
 
 
-def localization_loss(logits: torch.Tensor, target: torch.Tensor, dice_weight: float) -> tuple[torch.Tensor, dict[str, float]]:
-    """BCE + soft Dice over the batch. ``logits`` and ``target`` are (B, 1, H, W)."""
-    bce = F.binary_cross_entropy_with_logits(logits, target)
+def localization_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    dice_weight: float,
+    hard_weight: float = 0.0,
+    hard_fraction: float = 0.05,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """BCE + soft Dice over the batch, plus a hard-negative BCE term. ``logits`` and ``target`` are (B, 1, H, W).
+
+    The hard-negative term is the mean BCE of each image's ``hard_fraction``
+    worst outside-the-mask pixels. Plain BCE averages a false region of a
+    few percent of the image away, yet such a region is what pushes an
+    untouched image over min_fraction.
+    """
+    bce_map = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    bce = bce_map.mean()
+    negatives = (bce_map * (1.0 - target)).flatten(1)
+    k = max(1, int(hard_fraction * negatives.shape[1]))
+    hard = negatives.topk(k, dim=1).values.mean()
     probability = torch.sigmoid(logits)
     # Dice over the whole batch: untouched samples (empty masks) add only to
     # the denominator, so they push false positives down without a 0/0.
     intersection = (probability * target).sum()
     dice = 1.0 - (2.0 * intersection + 1.0) / (probability.sum() + target.sum() + 1.0)
-    loss = bce + dice_weight * dice
-    return loss, {"loss": loss.item(), "bce": bce.item(), "dice": dice.item()}
+    loss = bce + dice_weight * dice + hard_weight * hard
+    return loss, {"loss": loss.item(), "bce": bce.item(), "dice": dice.item(), "hard_negative": hard.item()}
 
 
 def pixel_scores(prediction: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
@@ -672,7 +690,7 @@ def main(argv: list[str] | None = None) -> int:
 
         with autocast(device):
             logits = model(image.to(device), evidence.to(device), background.to(device))
-        loss, scalars = localization_loss(logits.float(), target.to(device), config.dice_weight)
+        loss, scalars = localization_loss(logits.float(), target.to(device), config.dice_weight, config.hard_weight)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
