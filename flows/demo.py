@@ -3,7 +3,7 @@
 It protects the photos, makes an archive of edited copies (untouched copies,
 JPEG re-saves, real local edits with ground-truth masks, and a few photos that
 were never protected), audits that archive, and prints each verdict beside
-what the truth says it should be.
+the expected one.
 """
 
 import argparse
@@ -30,7 +30,7 @@ EDIT_AREA = (0.10, 0.25)  # share of the image an edit covers
 
 
 def save_like(rgb: np.ndarray, path: Path, quality: int = 95) -> None:
-    """Write an RGB array in the format the file name asks for."""
+    """Write an RGB array in the format that the file suffix selects."""
     image = Image.fromarray(rgb)
     if path.suffix.lower() in (".jpg", ".jpeg"):
         image.save(path, quality=quality)
@@ -54,7 +54,8 @@ def make_edits(protected_dir: Path, originals_dir: Path, edited_dir: Path, truth
     truth = []
 
     for index, path in enumerate(protected):
-        stem, suffix = path.stem, path.suffix
+        # coffee.jpg and coffee.png must not produce the same edited names.
+        stem, suffix = path.name.replace(".", "_"), path.suffix
         rgb = load_rgb(path)
 
         untouched = edited_dir / f"{stem}__untouched{suffix}"
