@@ -42,8 +42,9 @@ class ModelBundle:
     version_byte: int
     tokenizer: torch.nn.Module
     localizer: torch.nn.Module
-    localizer_threshold: float  # probability above which a pixel is edited
+    localizer_threshold: float  # probability above which a pixel counts toward the edit decision
     min_fraction: float  # smaller masks are not an edit
+    mask_threshold: float  # lower probability threshold for drawing the mask of an edited image
     recovery: torch.nn.Module
     calibration: Calibration
     device: torch.device
@@ -107,6 +108,7 @@ def load_bundle(
         localizer=localizer.model.to(target).eval(),
         localizer_threshold=float(localizer.threshold),
         min_fraction=float(localizer.min_fraction),
+        mask_threshold=float(localizer.mask_threshold),
         recovery=recovery,
         calibration=calibration,
         device=target,

@@ -14,21 +14,17 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 import torch
-import torch.nn.functional as F
 
 from hcr_model.bundle import ModelBundle
 from hcr_model.consistency import consistency_distance
 from hcr_model.imaging import add_residual, resize_to, to_canonical
 from hcr_model.keys import SecretKey
 from hcr_model.payload import PayloadCodec
+from hcr_model.recovery import composite as composite_restoration
 from hcr_model.verdict import TAMPERED, VerdictSignals, decide_verdict
 from hcr_model.watermark.dct import DctCarrier
 
 logger = logging.getLogger(__name__)
-
-# Feathering width, in pixels of the canonical grid, of the blend between the
-# restored and the received pixels. The blend stays inside the mask.
-FEATHER_PX = 4
 
 
 @dataclass
@@ -122,16 +118,19 @@ class Protector:
                     hidden_code=np.packbits(code[i]).tobytes(),
                     code_bits=int(code.shape[1]),
                     code_embedding=embeddings[i].astype(np.float32),
-                    notes=list(image.notes) + self._size_notes(height, width),
+                    notes=list(image.notes) + size_notes(self.carrier, height, width),
                 )
             )
         return outputs
 
-    def _size_notes(self, height: int, width: int) -> list[str]:
-        min_side = getattr(self.carrier, "min_reliable_side", self.resolution // 2)
-        if min(height, width) < min_side:
-            return [f"image smaller than {min_side} px on a side: the payload may not survive processing"]
-        return []
+
+
+def size_notes(carrier, height: int, width: int) -> list[str]:
+    """A note for images below the carrier's smallest reliable side, else nothing."""
+    min_side = getattr(carrier, "min_reliable_side", 0)
+    if min(height, width) < min_side:
+        return [f"image smaller than {min_side} px on a side: the payload may not survive processing"]
+    return []
 
 
 class Auditor:
@@ -200,8 +199,15 @@ class Auditor:
             verdicts.append(decide_verdict(signals))
 
         # 5. Restoration of the edited regions, batched over tampered images.
+        # The decision threshold is strict so untouched images stay clean; once
+        # an image is judged edited, its mask is drawn at the lower best-F1
+        # threshold, which follows the edit's outline more closely.
         tampered = [i for i, verdict in enumerate(verdicts) if verdict == TAMPERED]
-        restored = self._restore(canonical, code_tokens, mask, tampered) if tampered else {}
+        drawn = probability > bundle.mask_threshold
+        for i in tampered:
+            height, width = images[i].rgb.shape[:2]
+            full_masks[i] = resize_to(probability[i : i + 1], (height, width))[0, 0] > bundle.mask_threshold
+        restored = self._restore(canonical, code_tokens, drawn, tampered) if tampered else {}
 
         # 6. Retrieval: the payload's code when it is valid, else the code of
         # the restored (or received) pixels through the nearest-neighbour index.
@@ -213,9 +219,13 @@ class Auditor:
             notes = list(image.notes)
             verdict = verdicts[i]
             mask_out = crop = bbox = None
+            if not valid[i]:
+                # Below the reliable size an unreadable payload is expected
+                # after processing, even on a protected image.
+                notes.extend(size_notes(self.carrier, *image.rgb.shape[:2]))
             if verdict == TAMPERED:
                 mask_out = full_masks[i].cpu().numpy()
-                crop, bbox = self._restored_crop(image, restored[i], full_masks[i], probability[i : i + 1])
+                crop, bbox = self._restored_crop(image, restored[i], full_masks[i])
                 if not valid[i]:
                     notes.append("payload unreadable: restored from the received coarse tokens, not the hidden code")
             match = matches[i]
@@ -260,18 +270,14 @@ class Auditor:
         pictures = tokenizer.decode(tokens)
         return {index: pictures[j : j + 1] for j, index in enumerate(indices)}
 
-    def _restored_crop(self, image: ImageInput, picture, full_mask, probability):
+    def _restored_crop(self, image: ImageInput, picture, full_mask):
         """Composite at the input's size and crop to the mask's bounding box."""
         height, width = image.rgb.shape[:2]
         received = rgb_to_tensor(image.rgb).to(picture.device)
         decoded = resize_to(picture, (height, width))
-
-        # Feather inside the mask only, so every pixel outside it stays as received.
-        inside = full_mask[None, None].float()
-        kernel = max(1, round(FEATHER_PX * max(height, width) / self.resolution)) * 2 + 1
-        smoothed = F.avg_pool2d(inside, kernel, stride=1, padding=kernel // 2, count_include_pad=False)
-        weight = inside * smoothed
-        composite = received * (1 - weight) + decoded * weight
+        # Every pixel outside the mask stays as received; inside, the decoded
+        # pixels are shifted by the colour difference measured at the edge.
+        composite = composite_restoration(received, decoded, full_mask[None, None])
 
         ys, xs = torch.nonzero(full_mask, as_tuple=True)
         x0, y0 = int(xs.min()), int(ys.min())

@@ -10,12 +10,14 @@ The binary mask uses a threshold calibrated on the validation split, and an
 image counts as edited only when its mask covers at least ``min_fraction`` of
 the pixels. Both numbers live inside the weight file, next to a description of
 the data they were calibrated on (see ``hcr_model/weights/v1/localizer.md``).
+The file also stores a lower ``mask_threshold`` with the best validation F1,
+for drawing the mask of an image already judged edited.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -72,10 +74,10 @@ class Localizer(nn.Module):
     evidence relative to the image's median cell (its ``background``). Edits
     cover well under half of an image, so the median is an intact level.
 
-    The network never convolves at full resolution, which is what keeps it
-    cheap on CPU: a pixel-unshuffle stem folds each 2×2 patch into channels
-    at H/2, and a pixel-shuffle head unfolds 4 logits per H/2 cell back to
-    one logit per pixel, so edges still land on single pixels.
+    The network never convolves at full resolution, which keeps it cheap on
+    CPU. A pixel-unshuffle stem folds each 2×2 patch into channels at H/2.
+    A pixel-shuffle head unfolds 4 logits per H/2 cell back to one logit per
+    pixel, so edges still land on single pixels.
     """
 
     def __init__(self, config: LocalizerConfig | None = None) -> None:
@@ -170,6 +172,16 @@ class LocalizerWeights:
     version: str
     calibration: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def mask_threshold(self) -> float:
+        """Threshold with the best validation pixel F1, lower than ``threshold``.
+
+        Use it only to draw the mask of an image that ``threshold`` and
+        ``min_fraction`` already judged edited: at this threshold a few
+        untouched images get large false regions.
+        """
+        return float(self.calibration.get("mask_threshold", self.threshold))
 
     def predict(self, x: torch.Tensor, evidence: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Return (probability (B,1,H,W), mask (B,1,H,W) bool): probability > the calibrated threshold."""
@@ -290,8 +302,3 @@ def load_localizer(
         calibration=dict(record.get("calibration", {})),
         metrics=dict(record.get("metrics", {})),
     )
-
-
-def config_dict(config: LocalizerConfig) -> dict[str, Any]:
-    """Return the config as plain types (for logs and checkpoints)."""
-    return asdict(config)

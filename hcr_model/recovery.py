@@ -372,29 +372,51 @@ def feather_weights(mask: torch.Tensor, band_px: int) -> torch.Tensor:
     return weights
 
 
-def composite(received: torch.Tensor, decoded: torch.Tensor, mask: torch.Tensor, band_px: int = 6) -> torch.Tensor:
-    """Keep received pixels outside the mask and decoded pixels inside it.
+def fill_from_boundary(values: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
+    """Fill unknown pixels smoothly from the known ones with a pull-push pyramid.
+
+    values: (B, C, H, W), read only where known; known: (B, 1, H, W) bool.
+    Pull: halve the resolution with weighted averages until one side is 1.
+    Push: going back up, each pixel keeps its own value in proportion to its
+    known weight and takes the upsampled coarser fill for the rest. Known
+    pixels keep their values. With no known pixel in an image, the fill is 0.
+    """
+    weights = known.to(values.dtype)
+    return _pull_push(values * weights, weights)
+
+
+def _pull_push(weighted: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    own = weighted / weights.clamp(min=1e-6)
+    if min(weighted.shape[-2:]) <= 1:
+        return own
+    coarse = _pull_push(F.avg_pool2d(weighted, 2), F.avg_pool2d(weights, 2))
+    up = F.interpolate(coarse, size=weighted.shape[-2:], mode="bilinear", align_corners=False)
+    share = weights.clamp(max=1.0)
+    return share * own + (1.0 - share) * up
+
+
+def composite(
+    received: torch.Tensor, decoded: torch.Tensor, mask: torch.Tensor, band_px: int | None = None
+) -> torch.Tensor:
+    """Keep received pixels outside the mask and decoded pixels inside it, matched at the edge.
 
     received, decoded: (B, 3, H, W) in [0, 1]; mask: (B, 1, H, W) bool.
     The decoder's colours drift from the real image, which leaves a seam at
-    the mask edge. So inside a band of band_px pixels along the edge, the
-    decoded pixels are shifted by the local received-minus-decoded difference.
-    That difference is measured on the authentic pixels just outside the mask
-    (normalised box filter), and its weight fades from 1 at the edge to 0 at
-    band_px. Tampered pixels inside the mask are never mixed in, and pixels
-    outside the mask are returned bit-identical to `received`.
+    the mask edge. So the received-minus-decoded difference on the authentic
+    pixels outside the mask is filled smoothly into the mask
+    (`fill_from_boundary`) and added to the decoded pixels there.
+    band_px None applies the correction in the whole mask. A number fades it
+    from 1 at the edge to 0 at band_px pixels deep (`feather_weights`), and 0
+    turns it off. Tampered pixels inside the mask are never mixed in, and
+    pixels outside the mask are returned bit-identical to `received`.
     """
     if mask.dtype != torch.bool:
         mask = mask > 0.5
     inner = decoded
-    if band_px > 0:
-        outside = (~mask).float()
-        size = 2 * band_px + 1
-        difference = (received - decoded) * outside
-        numerator = F.avg_pool2d(difference, size, stride=1, padding=band_px, count_include_pad=False)
-        denominator = F.avg_pool2d(outside, size, stride=1, padding=band_px, count_include_pad=False)
-        offset = numerator / denominator.clamp(min=1e-3) * (denominator > 0).float()
-        inner = decoded + feather_weights(mask, band_px) * offset
+    if band_px is None or band_px > 0:
+        correction = fill_from_boundary(received - decoded, ~mask)
+        weights = mask.to(decoded.dtype) if band_px is None else feather_weights(mask, band_px)
+        inner = decoded + weights * correction
     return torch.where(mask.expand_as(received), inner.clamp(0.0, 1.0), received)
 
 
@@ -437,7 +459,7 @@ def restore_image(
     received: torch.Tensor,
     code_tokens: list[torch.Tensor],
     mask: torch.Tensor,
-    band_px: int = 6,
+    band_px: int | None = None,
     expected: bool = True,
     temperature: float = 0.0,
     top_k: int | None = None,

@@ -9,7 +9,9 @@ reported for:
 - `transformer`: the recovery Transformer (greedy), masked positions decoded
   to their expected codebook vectors, composited by `composite`;
 - `transformer_argmax`: the same, decoding the chosen tokens;
-- `transformer_no_seam`: `transformer` without the seam correction (band 0);
+- `transformer_band6`: `transformer` with the edge correction faded out over
+  6 pixels instead of filling the whole mask;
+- `transformer_no_seam`: `transformer` without the edge correction;
 - `oracle`: the original's own tokens decoded (the tokenizer's ceiling);
 - `code_only`: decoding the hidden code's scales alone;
 - `code_fine`: the hidden code plus the received fine tokens outside the
@@ -63,7 +65,7 @@ logger = logging.getLogger("measure_recovery")
 
 AREA = 0.25
 METHODS = (
-    "transformer", "transformer_argmax", "transformer_no_seam", "oracle", "code_fine", "code_only", "telea", "ns", "received",
+    "transformer", "transformer_argmax", "transformer_band6", "transformer_no_seam", "oracle", "code_fine", "code_only", "telea", "ns", "received",
 )
 
 
@@ -175,6 +177,7 @@ def restore_all(tokenizer, model, originals: Originals, rows: slice, received, m
     return {
         "transformer": composite(received, expected, mask, band_px),
         "transformer_argmax": composite(received, argmax, mask, band_px),
+        "transformer_band6": composite(received, expected, mask, 6),
         "transformer_no_seam": composite(received, expected, mask, 0),
         "oracle": composite(received, originals.oracle[rows], mask, band_px),
         "code_fine": composite(received, code_fine, mask, band_px),
@@ -317,15 +320,17 @@ def real_codes(tokenizer, n_crops: int, seed: int) -> tuple[list[torch.Tensor], 
 def jittered_codes(tokenizer, codes: list[torch.Tensor], n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """n codes made from real ones by replacing 1-3 random tokens; returns (bits (n, code_bits), embeddings (n, D)).
 
-    A replacement can draw the token already there, so a few copies keep their source's code.
+    Each of three draws replaces a token with probability 0.67, and a draw can
+    pick the token already there, so about 4 % of the copies keep their source's
+    code (the registry then holds duplicates, and lookups return the first row).
     """
     flat = torch.cat([c.reshape(c.shape[0], -1) for c in codes], dim=1)
     bits, embeddings = [], []
     for start in range(0, n, 4096):
         count = min(4096, n - start)
         rows = flat[torch.from_numpy(rng.integers(0, flat.shape[0], count))].clone()
-        for step in range(3):
-            change = torch.from_numpy(rng.random(count) < 0.67) | (step == 0)
+        for _ in range(3):
+            change = torch.from_numpy(rng.random(count) < 0.67)
             position = torch.from_numpy(rng.integers(0, flat.shape[1], count))
             value = torch.from_numpy(rng.integers(0, tokenizer.cfg.codebook_size, count))
             rows[change, position[change]] = value[change]
@@ -435,7 +440,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--recovery", default="v1", help="recovery weights: version name or .pt path")
     parser.add_argument("--limit", type=int, default=0, help="use at most this many test photos (0: all)")
     parser.add_argument("--batch-size", type=int, default=8, help="images per restoration batch")
-    parser.add_argument("--band-px", type=int, default=6, help="seam-correction band inside the mask, pixels at R")
+    parser.add_argument("--band-px", type=int, default=None, help="edge-correction band inside the mask in pixels at R (default: the whole mask)")
     parser.add_argument("--lookup-sizes", default="10000,100000,1000000", help="registry sizes in rows, comma-separated")
     parser.add_argument("--lookup-crops", type=int, default=1500, help="real crops encoded for the registry rows")
     parser.add_argument("--skip-lookup", action="store_true", help="skip the registry lookup measurement")

@@ -11,6 +11,11 @@ decodes a share of each batch from a random prefix of scales.
 
 Training resumes from ``OUT/last.pt``; ``--minutes`` is the total budget
 across resumes. ``--export PATH`` writes the shipped weight file at the end.
+
+``--init FILE --decoder-only`` fine-tunes the decoder of a shipped tokenizer
+and freezes the encoder, codebooks and refinement convs. Every token, and so
+every hidden code already embedded in protected images, stays the same; only
+the pixels decoded from the tokens change.
 """
 
 from __future__ import annotations
@@ -26,7 +31,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from hcr_model.tokenizer import MultiScaleVQ, TokenizerConfig, save_tokenizer
+from hcr_model.tokenizer import (
+    MultiScaleVQ,
+    TokenizerConfig,
+    load_tokenizer,
+    save_tokenizer,
+)
 from hcr_model.training.common import (
     Checkpointer,
     MetricLogger,
@@ -217,6 +227,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch default)")
     run.add_argument("--device", type=str, default=None, help="torch device (default: cuda when present, else cpu)")
     run.add_argument("--export", type=Path, default=None, help="write the shipped weight file (fp16 weights, fp32 codebooks) here at the end")
+    run.add_argument("--init", type=str, default=None, help="start a new run from this tokenizer weight file or shipped version (default: random init)")
+    run.add_argument(
+        "--decoder-only",
+        action="store_true",
+        help="train the decoder alone; encoder, codebooks and refinement stay frozen, so the tokens do not change",
+    )
 
     data = p.add_argument_group("data")
     data.add_argument("--data", choices=("photos", "fixtures"), default="photos", help="benchmark photos (train split) or the wheel fixture photos")
@@ -267,7 +283,7 @@ def _train_step(model, teacher, batch, args, device, generator):
     keep[dropped] = torch.randint(1, n_scales, (int(dropped.sum()),), generator=generator)
 
     with autocast(device):
-        out = model(batch, keep_scales=keep, update_codebooks=True)
+        out = model(batch, keep_scales=keep, update_codebooks=not args.decoder_only)
         recon = out.reconstruction.float()
         l1 = (recon - batch).abs().mean()
         grad = gradient_l1(recon, batch)
@@ -316,12 +332,23 @@ def _restore(args: argparse.Namespace, ckpt: Checkpointer, device: torch.device)
         model.load_state_dict(state["model"])
         rng.setstate(state["sampler_rng"])
         generator.set_state(state["generator"])
+    elif args.decoder_only and args.init is None:
+        raise SystemExit("--decoder-only needs --init FILE (a trained tokenizer) or a run folder to resume")
+    elif args.init is not None:
+        model = load_tokenizer(args.init).requires_grad_(True)
+        logger.info("initialized from %s", args.init)
     else:
         channels = tuple(int(c) for c in args.channels.split(","))
         model = MultiScaleVQ(TokenizerConfig(resolution=args.resolution, code_dim=args.code_dim, channels=channels))
     model.to(device).train()
 
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=args.weight_decay)
+    parameters = model.parameters()
+    if args.decoder_only:
+        # Everything upstream of the decoder decides the tokens: freeze it.
+        model.requires_grad_(False)
+        model.decoder.requires_grad_(True)
+        parameters = model.decoder.parameters()
+    optimizer = torch.optim.AdamW(parameters, lr=args.lr, betas=(0.9, 0.95), weight_decay=args.weight_decay)
     if state is None:
         return TrainState(model, optimizer, 0, WallBudget(args.minutes), rng, generator)
     optimizer.load_state_dict(state["optimizer"])
@@ -368,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
     logger.info("data: %d training photos, %d validation photos (%s)", len(train_photos), len(val_images), args.data)
 
     teacher = None
-    if not args.no_distill:
+    if not args.no_distill and not args.decoder_only:
         from hcr_model.semantic import load_mobilenet_v2
 
         teacher = load_mobilenet_v2(device)
@@ -392,7 +419,7 @@ def main(argv: list[str] | None = None) -> int:
         loss, scalars, out = _train_step(model, teacher, batch, args, device, st.generator)
         st.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
         st.optimizer.step()
         st.step += 1
 
@@ -400,7 +427,7 @@ def main(argv: list[str] | None = None) -> int:
         if full_step:
             for k, t in enumerate(out.tokens):
                 counts[k] += torch.bincount(t.flatten().cpu(), minlength=cfg.codebook_size)
-        if args.restart_every and st.step % args.restart_every == 0:
+        if args.restart_every and not args.decoder_only and st.step % args.restart_every == 0:
             scalars["restarted"] = sum(model.restart_dead_codes(out.latent, min_share=args.dead_share))
         metrics.add(items=count, **scalars)
 
@@ -422,6 +449,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.export is not None:
         metadata = {"steps": st.step, "train_minutes": round(st.budget.spent / 60, 1), "data": args.data, "distill": not args.no_distill, **result}
+        if args.init is not None:
+            metadata.update(init=str(args.init), decoder_only=bool(args.decoder_only))
         path = save_tokenizer(model.cpu().eval(), args.export, metadata=metadata)
         logger.info("exported tokenizer weights to %s (%.1f MB)", path, path.stat().st_size / 1e6)
     return 0

@@ -12,6 +12,7 @@ from hcr_model.recovery import (
     composite,
     decode_expected,
     feather_weights,
+    fill_from_boundary,
     flatten_pyramid,
     load_recovery,
     restore_image,
@@ -227,19 +228,35 @@ def test_feather_weights_inside_band_only():
 
 def test_composite_matches_seam_without_touching_outside():
     generator = torch.Generator().manual_seed(0)
-    received = torch.rand(1, 3, 64, 64, generator=generator)
-    decoded = (received + 0.2).clamp(0, 1)  # a decoder with a constant colour bias
+    received = torch.rand(1, 3, 64, 64, generator=generator) * 0.7
+    decoded = received + 0.2  # a decoder with a constant colour bias
     mask = torch.zeros(1, 1, 64, 64, dtype=torch.bool)
     mask[:, :, 16:48, 16:48] = True
+    inside = mask.expand_as(received)
 
-    out = composite(received, decoded, mask, band_px=4)
-    assert torch.equal(out[~mask.expand_as(out)], received[~mask.expand_as(out)])
-    # At the inner edge the bias is measured outside and removed; deep inside it stays.
-    edge_error = (out - received)[0, :, 16, 20:44].abs().mean()
-    raw_error = (decoded - received)[0, :, 16, 20:44].abs().mean()
-    assert edge_error < 0.5 * raw_error
-    assert torch.equal(out[0, :, 30:34, 30:34], decoded[0, :, 30:34, 30:34])
-    assert torch.equal(composite(received, decoded, mask, band_px=0)[mask.expand_as(out)], decoded[mask.expand_as(out)])
+    for band_px in (None, 4, 0):
+        out = composite(received, decoded, mask, band_px=band_px)
+        assert torch.equal(out[~inside], received[~inside])
+
+    # The bias measured outside is removed in the whole mask by default.
+    out = composite(received, decoded, mask)
+    assert (out - received)[inside].abs().max() < 0.02
+    # With a band, the edge is corrected and the centre keeps the decoded pixels.
+    banded = composite(received, decoded, mask, band_px=4)
+    assert (banded - received)[0, :, 16, 20:44].abs().mean() < 0.05
+    assert torch.equal(banded[0, :, 30:34, 30:34], decoded[0, :, 30:34, 30:34])
+    assert torch.equal(composite(received, decoded, mask, band_px=0)[inside], decoded[inside])
+
+
+def test_fill_from_boundary_keeps_known_pixels():
+    values = torch.linspace(0, 1, 40)[None, None, None, :].expand(1, 1, 40, 40).contiguous()
+    known = torch.ones(1, 1, 40, 40, dtype=torch.bool)
+    known[:, :, 10:30, 10:30] = False
+    filled = fill_from_boundary(values, known)
+    assert torch.allclose(filled[known], values[known])
+    # A horizontal ramp stays roughly a ramp inside the hole.
+    assert filled[0, 0, 20, 12] < filled[0, 0, 20, 20] < filled[0, 0, 20, 28]
+    assert torch.equal(fill_from_boundary(values, torch.zeros_like(known)), torch.zeros_like(values))
 
 
 def test_save_load_roundtrip(tmp_path):
