@@ -32,6 +32,9 @@ PREFECT_ENV_DEFAULTS = {
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
 }
 
+# Tries to start a local Ray before giving up (see _start_local_ray).
+LOCAL_RAY_START_ATTEMPTS = 3
+
 
 def prepare_environment(ray_options: RayOptions, prefect_options: PrefectOptions) -> None:
     """Set the Ray and Prefect environment variables this run needs (before Ray starts)."""
@@ -67,19 +70,40 @@ def ray_session(options: RayOptions) -> Iterator[bool]:
         local = False
     else:
         os.environ.update(LOCAL_RAY_ENV)
-        ray.init(
-            address="local",
-            num_cpus=options.num_cpus,
-            include_dashboard=False,
-            object_store_memory=options.object_store_mb * 2**20,
-            logging_level=logging.WARNING,
-        )
+        _start_local_ray(options)
         logger.info("started a local Ray on 127.0.0.1 with %s CPUs", ray.cluster_resources().get("CPU"))
         local = True
     try:
         yield local
     finally:
         ray.shutdown()
+
+
+def _start_local_ray(options: RayOptions) -> None:
+    """Start a local Ray, retrying when its node does not come up in time.
+
+    Ray waits a fixed 30 s for its raylet to register. On a loaded machine
+    (training runs, other sweeps) that can pass, and Ray raises a bare
+    Exception saying the node "timed out during startup". That case is retried
+    after a shutdown; any other error is raised at once.
+    """
+    import ray
+
+    for attempt in range(1, LOCAL_RAY_START_ATTEMPTS + 1):
+        try:
+            ray.init(
+                address="local",
+                num_cpus=options.num_cpus,
+                include_dashboard=False,
+                object_store_memory=options.object_store_mb * 2**20,
+                logging_level=logging.WARNING,
+            )
+            return
+        except Exception as error:
+            if "timed out during startup" not in str(error) or attempt == LOCAL_RAY_START_ATTEMPTS:
+                raise
+            logger.warning("local Ray did not start in time (attempt %d of %d); retrying", attempt, LOCAL_RAY_START_ATTEMPTS)
+            ray.shutdown()
 
 
 @contextlib.contextmanager
