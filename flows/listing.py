@@ -8,10 +8,13 @@ URL, and for a member fsspec's chained form
 
 Members whose names are absolute or contain `..`, links, devices and
 encrypted members are never read or written anywhere: each becomes an entry
-with `error` set, which the run turns into an `error` row.
+with `error` set, which the run turns into an `error` row. So do files and
+members in image formats hcr cannot decode (SVG, HEIC, ...), which would
+otherwise be skipped like any other non-image file.
 """
 
 import logging
+import os
 import posixpath
 import re
 import stat
@@ -32,6 +35,10 @@ TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz
 ZIP_SUFFIXES = (".zip",)
 _DRIVE = re.compile(r"^[A-Za-z]:")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# Image formats the decoder does not open, by extension (lower case, with the dot).
+UNSUPPORTED_IMAGE_EXTENSIONS = {
+    ".svg": "SVG", ".svgz": "SVG", ".eps": "EPS", ".heic": "HEIC", ".heif": "HEIF", ".psd": "PSD", ".jxl": "JPEG XL",
+}
 
 
 @dataclass(frozen=True)
@@ -58,6 +65,15 @@ def container_kind(name: str) -> str | None:
 
 def is_image_name(name: str) -> bool:
     return posixpath.splitext(name.lower())[1] in IMAGE_EXTENSIONS
+
+
+def unsupported_format_reason(name: str) -> str | None:
+    """Return why an image in a format hcr cannot decode is rejected, or None for other names."""
+    extension = posixpath.splitext(name.lower())[1]
+    image_format = UNSUPPORTED_IMAGE_EXTENSIONS.get(extension)
+    if image_format is None:
+        return None
+    return f"unsupported image format {image_format} ({extension}); convert it to PNG or JPEG to audit it"
 
 
 def unsafe_name_reason(name: str) -> str | None:
@@ -92,9 +108,13 @@ def _tar_entries(fs: AbstractFileSystem, path: str, relative: str, container_url
                 reason = f"member is a {'symbolic' if member.issym() else 'hard'} link to {member.linkname!r}; links are not followed"
             elif reason is None and not member.isfile():
                 reason = "member is not a regular file (device, FIFO or other special file)"
+            unsupported = None
             if reason is None and not is_image_name(member.name):
-                continue
+                unsupported = unsupported_format_reason(member.name)
+                if unsupported is None:
+                    continue
             image_id = f"{relative}/{normalize_member(member.name) if reason is None else member.name}"
+            reason = reason or unsupported
             yield ArchiveEntry(
                 image_id=image_id,
                 source_uri=_member_uri("tar", member.name, container_url),
@@ -119,9 +139,13 @@ def _zip_entries(fs: AbstractFileSystem, path: str, relative: str, container_url
                 reason = "member is not a regular file"
             elif reason is None and info.flag_bits & 0x1:
                 reason = "member is encrypted"
+            unsupported = None
             if reason is None and not is_image_name(info.filename):
-                continue
+                unsupported = unsupported_format_reason(info.filename)
+                if unsupported is None:
+                    continue
             image_id = f"{relative}/{normalize_member(info.filename) if reason is None else info.filename}"
+            reason = reason or unsupported
             yield ArchiveEntry(
                 image_id=image_id,
                 source_uri=_member_uri("zip", info.filename, container_url),
@@ -133,12 +157,16 @@ def _zip_entries(fs: AbstractFileSystem, path: str, relative: str, container_url
             )
 
 
-def _container_entries(fs: AbstractFileSystem, path: str, relative: str, kind: str) -> list[ArchiveEntry]:
+def _container_entries(fs: AbstractFileSystem, path: str, relative: str, kind: str, options: StorageOptions) -> list[ArchiveEntry]:
     container_url = storage.to_url(fs, path)
     lister = _tar_entries if kind == "tar" else _zip_entries
     try:
-        return list(lister(fs, path, relative, container_url))
+        return storage.with_retries(lambda: list(lister(fs, path, relative, container_url)), options, f"list {kind} {container_url}")
     except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError, ValueError) as error:
+        if storage.is_transient(error):
+            # Retries ran out, so the plan fails and a rerun lists the container
+            # again. An error entry would stay in this sweep's manifest for good.
+            raise
         # The container itself is unreadable: one error row stands for it.
         logger.warning("cannot list %s %s: %s", kind, container_url, error)
         return [
@@ -160,12 +188,26 @@ def _is_hidden(relative: str) -> bool:
     return any(part.startswith(".") for part in relative.split("/"))
 
 
+def _link_outside_reason(detail: dict, path: str, root: str) -> str | None:
+    """Reject a local symbolic link whose target lies outside the archive folder."""
+    if not detail.get("islink"):
+        return None
+    target = os.path.realpath(path)
+    base = os.path.realpath(root)
+    if target == base or target.startswith(base + os.sep):
+        return None
+    return "symbolic link points outside the archive folder; copy the file into the archive to audit it"
+
+
 def list_archive(url: str, options: StorageOptions) -> list[ArchiveEntry]:
     """List every image of an archive, sorted by image_id; rejected members included.
 
     Hidden files and folders (names starting with `.`) and files that are
     neither images nor tar/zip containers are skipped and counted in the log.
-    Tar and zip files nested inside a container are not opened.
+    Images in a format listed in UNSUPPORTED_IMAGE_EXTENSIONS are listed as
+    rejected entries. Tar and zip files nested inside a container are not
+    opened. Raises when a storage call still fails with a transient error
+    after its retries.
     """
     fs, root = storage.open_url(url, options)
     root = root.rstrip("/")
@@ -182,10 +224,15 @@ def list_archive(url: str, options: StorageOptions) -> list[ArchiveEntry]:
             skipped += 1
             continue
         kind = container_kind(relative)
-        if kind is not None:
-            entries.extend(_container_entries(fs, path, relative, kind))
-        elif is_image_name(relative):
-            entries.append(ArchiveEntry(image_id=relative, source_uri=storage.to_url(fs, path), path=path, size=details[path].get("size")))
+        unsupported = unsupported_format_reason(relative)
+        outside = _link_outside_reason(details[path], path, root)
+        if outside and (kind is not None or is_image_name(relative) or unsupported):
+            entries.append(ArchiveEntry(image_id=relative, source_uri=storage.to_url(fs, path), path=path, error=outside))
+        elif kind is not None:
+            entries.extend(_container_entries(fs, path, relative, kind, options))
+        elif is_image_name(relative) or unsupported:
+            size = details[path].get("size")
+            entries.append(ArchiveEntry(image_id=relative, source_uri=storage.to_url(fs, path), path=path, size=size, error=unsupported))
         else:
             skipped += 1
 

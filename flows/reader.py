@@ -4,11 +4,18 @@ Each container is opened once per shard. A tar is read front to back, which
 also works for compressed tars and on object storage. Every entry yields
 exactly one item: a decoded image or a failure that names the image and what
 failed.
+
+Storage errors are sorted by `storage.is_transient`. A transient one (an
+I/O error, a reset connection, a timeout) is retried with backoff, and when
+the retries run out it is raised, so the shard stays unfinished and a rerun
+reads it again. A permanent one (a missing or unreadable file, a corrupt
+container) becomes the image's failure, and so an `error` row.
 """
 
 import hashlib
 import logging
 import tarfile
+import time
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -95,25 +102,40 @@ def _zip_members(fs: AbstractFileSystem, path: str, wanted: dict[str, ArchiveEnt
                 _check_size(entry, len(data), max_bytes)
                 yield entry, data
             except (KeyError, _TooLarge, zipfile.BadZipFile, OSError, ValueError) as error:
+                if storage.is_transient(error):
+                    raise  # _container_items retries the members not read yet
                 yield entry, error
 
 
 def _container_items(fs, path: str, kind: str, entries: list[ArchiveEntry], spec: ShardSpec, max_bytes: int):
-    wanted = {entry.member: entry for entry in entries}
+    """Yield one item per entry of one container, reopening it after a transient storage error."""
     reader = _tar_members if kind == "tar" else _zip_members
-    delivered: set[str] = set()
-    try:
-        for entry, result in reader(fs, path, wanted, max_bytes):
-            delivered.add(entry.image_id)
-            if isinstance(result, Exception):
-                yield FailedImage(entry, None, f"cannot read {entry.image_id}: {result}")
-            else:
-                yield _decode(entry, result, spec.limits.max_pixels)
-    except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError, ValueError) as error:
-        logger.warning("cannot read %s container %s: %s", kind, path, error)
-        for entry in entries:
-            if entry.image_id not in delivered:
+    pending = {entry.member: entry for entry in entries}
+    delay = spec.storage.retry_backoff_s
+    for attempt in range(1, spec.storage.retries + 1):
+        try:
+            for entry, result in reader(fs, path, dict(pending), max_bytes):
+                del pending[entry.member]
+                if isinstance(result, Exception):
+                    yield FailedImage(entry, None, f"cannot read {entry.image_id}: {result}")
+                else:
+                    yield _decode(entry, result, spec.limits.max_pixels)
+            return
+        except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError, ValueError) as error:
+            if storage.is_transient(error):
+                if attempt == spec.storage.retries:
+                    raise
+                logger.warning(
+                    "read %s %s failed (attempt %d of %d): %s; retrying the %d members not read yet in %.1f s",
+                    kind, path, attempt, spec.storage.retries, error, len(pending), delay,
+                )
+                time.sleep(delay)
+                delay *= 2
+                continue
+            logger.warning("cannot read %s container %s: %s", kind, path, error)
+            for entry in pending.values():
                 yield FailedImage(entry, None, f"cannot read {entry.image_id}: {kind} container unreadable: {error}")
+            return
 
 
 def iter_images(spec: ShardSpec) -> Iterator[LoadedImage | FailedImage]:
@@ -135,6 +157,8 @@ def iter_images(spec: ShardSpec) -> Iterator[LoadedImage | FailedImage]:
                 try:
                     data = _read_loose(fs, entry, spec, max_bytes)
                 except (_TooLarge, OSError) as error:
+                    if storage.is_transient(error):
+                        raise  # read_bytes already retried it
                     yield FailedImage(entry, None, f"cannot read {entry.image_id}: {error}")
                     continue
                 yield _decode(entry, data, spec.limits.max_pixels)

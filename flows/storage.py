@@ -122,11 +122,15 @@ def list_names(fs: AbstractFileSystem, path: str, options: StorageOptions) -> li
 
 
 def write_bytes(fs: AbstractFileSystem, path: str, data: bytes, options: StorageOptions) -> None:
-    """Write `data` to `path` so that no reader sees a partial file."""
-    if not is_local(fs):
+    """Write `data` to `path` so that no reader sees a partial file, retrying transient errors."""
+    if is_local(fs):
+        # Network mounts (NFS, SMB) raise EIO or EAGAIN too.
+        with_retries(lambda: _write_local(path, data), options, f"write {path}")
+    else:
         with_retries(lambda: fs.pipe_file(path, data), options, f"write {path}")
-        return
 
+
+def _write_local(path: str, data: bytes) -> None:
     folder = os.path.dirname(path)
     os.makedirs(folder, exist_ok=True)
     # A dot prefix keeps the temporary file out of pyarrow dataset reads.

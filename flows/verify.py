@@ -5,14 +5,18 @@ For a protect run every entry must have exactly one registry row or an error
 recorded in its shard's marker.
 """
 
+import logging
 import re
 
+import pyarrow as pa
 from pydantic import BaseModel, Field
 
 from flows import manifest as manifest_module
 from flows import paths, storage
 from flows.shard import ShardStats, done_shards
 from schemas.config import StorageOptions
+
+logger = logging.getLogger(__name__)
 
 MAX_LISTED = 20  # ids printed per problem; the report contains all of them
 
@@ -26,15 +30,18 @@ class VerifyReport(BaseModel):
     duplicates: list[str] = Field(default_factory=list)
     unexpected: list[str] = Field(default_factory=list)
     unfinished_shards: list[int] = Field(default_factory=list, description="shards without a .done marker")
+    unreadable_parts: list[str] = Field(
+        default_factory=list, description="Parquet parts that could not be read (truncated or corrupt), with the error"
+    )
 
     @property
     def ok(self) -> bool:
-        return not (self.missing or self.duplicates or self.unexpected or self.unfinished_shards)
+        return not (self.missing or self.duplicates or self.unexpected or self.unfinished_shards or self.unreadable_parts)
 
     def format(self) -> str:
         status = "OK" if self.ok else "PROBLEMS FOUND"
         lines = [f"hcr verify {self.kind} {self.run_id}: {status}", f"  manifest entries: {self.expected}, rows found: {self.found}"]
-        for name in ("missing", "duplicates", "unexpected", "unfinished_shards"):
+        for name in ("missing", "duplicates", "unexpected", "unfinished_shards", "unreadable_parts"):
             values = getattr(self, name)
             if values:
                 shown = ", ".join(str(value) for value in values[:MAX_LISTED])
@@ -42,15 +49,24 @@ class VerifyReport(BaseModel):
                 lines.append(f"  {name.replace('_', ' ')} ({len(values)}): {shown}{more}")
         if self.unfinished_shards:
             lines.append("  Rerun the same command to finish the unfinished shards.")
+        if self.unreadable_parts:
+            lines.append("  To redo the shard of an unreadable part, delete that shard's .done marker and rerun.")
         return "\n".join(lines)
 
 
-def _read_ids(part_urls: list[str], options: StorageOptions) -> list[str]:
+def _read_ids(part_urls: list[str], options: StorageOptions) -> tuple[list[str], list[str]]:
+    """Return (image ids of every readable part, "URL: error" of each unreadable part)."""
     ids: list[str] = []
+    unreadable: list[str] = []
     for url in part_urls:
         fs, path = storage.open_url(url, options)
-        ids.extend(storage.read_parquet(fs, path, options).column("image_id").to_pylist())
-    return ids
+        try:
+            ids.extend(storage.read_parquet(fs, path, options).column("image_id").to_pylist())
+        except (pa.ArrowException, OSError, KeyError) as error:
+            # A part cut short by a crash on a store without atomic writes.
+            logger.warning("cannot read part %s: %s", url, error)
+            unreadable.append(f"{url}: {error}")
+    return ids, unreadable
 
 
 def _parts(folder_url: str, pattern: re.Pattern, options: StorageOptions) -> list[str]:
@@ -61,7 +77,9 @@ def _parts(folder_url: str, pattern: re.Pattern, options: StorageOptions) -> lis
     return [storage.join(folder_url, name.rsplit("/", 1)[-1]) for name in sorted(names) if pattern.fullmatch(name.rsplit("/", 1)[-1])]
 
 
-def _compare(kind: str, run_id: str, expected: list[str], found: list[str], unfinished: list[int]) -> VerifyReport:
+def _compare(
+    kind: str, run_id: str, expected: list[str], found: list[str], unfinished: list[int], unreadable: list[str]
+) -> VerifyReport:
     expected_set = set(expected)
     counts: dict[str, int] = {}
     for image_id in found:
@@ -75,6 +93,7 @@ def _compare(kind: str, run_id: str, expected: list[str], found: list[str], unfi
         duplicates=sorted(image_id for image_id, count in counts.items() if count > 1),
         unexpected=sorted(counts.keys() - expected_set),
         unfinished_shards=unfinished,
+        unreadable_parts=unreadable,
     )
 
 
@@ -86,7 +105,8 @@ def verify_sweep(dest: str, sweep_id: str, options: StorageOptions) -> VerifyRep
     )
     parts = _parts(folder, re.compile(rf"part-{re.escape(sweep_id)}-\d{{5,}}\.parquet"), options)
     unfinished = sorted(set(manifest.shards) - done_shards(state, options))
-    return _compare("audit", sweep_id, [entry.image_id for entry in manifest.entries], _read_ids(parts, options), unfinished)
+    found, unreadable = _read_ids(parts, options)
+    return _compare("audit", sweep_id, [entry.image_id for entry in manifest.entries], found, unfinished, unreadable)
 
 
 def verify_protect(dest: str, archive: str, options: StorageOptions) -> VerifyReport:
@@ -94,7 +114,7 @@ def verify_protect(dest: str, archive: str, options: StorageOptions) -> VerifyRe
     manifest = manifest_module.load(paths.manifest_path(state), options)
     folder = storage.join(paths.registry_root(dest), f"archive={archive}")
     parts = _parts(folder, re.compile(r"part-\d{5,}\.parquet"), options)
-    found = _read_ids(parts, options)
+    found, unreadable = _read_ids(parts, options)
 
     done = done_shards(state, options)
     for shard in sorted(done):
@@ -102,4 +122,4 @@ def verify_protect(dest: str, archive: str, options: StorageOptions) -> VerifyRe
         stats = ShardStats.model_validate_json(storage.read_bytes(fs, path, options))
         found.extend(image_id for image_id, _ in stats.errors)
     unfinished = sorted(set(manifest.shards) - done)
-    return _compare("protect", archive, [entry.image_id for entry in manifest.entries], found, unfinished)
+    return _compare("protect", archive, [entry.image_id for entry in manifest.entries], found, unfinished, unreadable)

@@ -146,3 +146,50 @@ def test_listing_duplicate_member_kept_once(tmp_path, photos_dir, tar_writer):
     shutil.copy(photos_dir / "rocket.jpg", archive / "r.jpg")
     ids = [entry.image_id for entry in list_archive(str(archive), OPTIONS)]
     assert ids == ["r.jpg", "x.tar/a.jpg"]
+
+
+def test_unsupported_formats_listed_as_errors(tmp_path, tar_writer):
+    import tarfile
+    import zipfile
+
+    archive = tmp_path / "formats"
+    archive.mkdir()
+    (archive / "logo.svg").write_bytes(b'<svg xmlns="http://www.w3.org/2000/svg"/>')
+    (archive / "phone.HEIC").write_bytes(b"\x00\x00\x00\x18ftypheic")
+    (archive / "notes.txt").write_text("not an image: skipped")
+    with tarfile.open(archive / "x.tar", "w") as handle:
+        tar_writer(handle, "./art/drawing.svg", b"<svg/>")
+        tar_writer(handle, "readme.txt", b"not an image: skipped")
+    with zipfile.ZipFile(archive / "y.zip", "w") as handle:
+        handle.writestr("layers.psd", b"8BPS")
+
+    entries = {entry.image_id: entry for entry in list_archive(str(archive), OPTIONS)}
+    assert sorted(entries) == ["logo.svg", "phone.HEIC", "x.tar/art/drawing.svg", "y.zip/layers.psd"]
+    assert "unsupported image format SVG (.svg)" in entries["logo.svg"].error
+    assert "unsupported image format HEIC (.heic)" in entries["phone.HEIC"].error
+    assert "unsupported image format SVG (.svg)" in entries["x.tar/art/drawing.svg"].error
+    assert "unsupported image format PSD (.psd)" in entries["y.zip/layers.psd"].error
+
+    items = list(iter_images(_spec(str(archive), list(entries.values()))))
+    assert all(isinstance(item, FailedImage) for item in items)
+    assert all(item.entry.image_id in item.error for item in items)
+
+
+def test_symlink_outside_folder_is_rejected(tmp_path, photos_dir):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    shutil.copy(photos_dir / "chelsea.jpg", outside / "secret.jpg")
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    shutil.copy(photos_dir / "coffee.jpg", archive / "coffee.jpg")
+    (archive / "inside.jpg").symlink_to(archive / "coffee.jpg")
+    (archive / "escape.jpg").symlink_to(outside / "secret.jpg")
+
+    entries = {entry.image_id: entry for entry in list_archive(str(archive), OPTIONS)}
+    assert set(entries) == {"coffee.jpg", "inside.jpg", "escape.jpg"}
+    assert entries["inside.jpg"].error is None
+    assert "outside the archive" in entries["escape.jpg"].error
+
+    items = list(iter_images(_spec(str(archive), [entries["escape.jpg"]])))
+    assert isinstance(items[0], FailedImage)
+    assert "outside the archive" in items[0].error
