@@ -101,15 +101,20 @@ def load_bundle(
     calibration = load_calibration(folder)
     logger.info("loaded model bundle %s on %s", version, target)
 
+    return assemble_bundle(version, tokenizer, localizer, recovery, calibration, target)
+
+
+def assemble_bundle(version: str, tokenizer, localizer, recovery, calibration: Calibration, device: torch.device) -> ModelBundle:
+    """Build a ModelBundle from loaded models; `localizer` is a LocalizerWeights with its calibration."""
     return ModelBundle(
         version=version,
         version_byte=VERSION_BYTES[version],
         tokenizer=tokenizer,
-        localizer=localizer.model.to(target).eval(),
+        localizer=localizer.model.to(device).eval(),
         localizer_threshold=float(localizer.threshold),
         min_fraction=float(localizer.min_fraction),
         mask_threshold=float(localizer.mask_threshold),
         recovery=recovery,
         calibration=calibration,
-        device=target,
+        device=device,
     )

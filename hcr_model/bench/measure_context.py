@@ -21,9 +21,28 @@ import torch
 from hcr_model.bench.attacks import ATTACKS
 from hcr_model.bench.suites import BenchImage, SuiteConfig, kinds_for_image
 from hcr_model.bench.tampering import tamper
-from hcr_model.bundle import VERSION_BYTES, BundleNotFoundError, ModelBundle, load_calibration, select_device, weights_dir
-from hcr_model.engine import Auditor, AuditOutput, ImageInput, rgb_to_tensor, tensor_to_rgb
-from hcr_model.imaging import CANONICAL_RESOLUTION, add_residual, resize_to, to_canonical
+from hcr_model.bundle import (
+    VERSION_BYTES,
+    BundleNotFoundError,
+    ModelBundle,
+    assemble_bundle,
+    load_calibration,
+    select_device,
+    weights_dir,
+)
+from hcr_model.engine import (
+    Auditor,
+    AuditOutput,
+    ImageInput,
+    rgb_to_tensor,
+    tensor_to_rgb,
+)
+from hcr_model.imaging import (
+    CANONICAL_RESOLUTION,
+    add_residual,
+    resize_to,
+    to_canonical,
+)
 from hcr_model.keys import SecretKey
 from hcr_model.payload import DEFAULT_CODE_BITS, PayloadCodec
 from hcr_model.watermark.dct import DctCarrier
@@ -51,7 +70,7 @@ def run_part(run, part: str, notes: list[str], errors: list[str]):
         return run()
     except SectionSkipped as exc:
         notes.append(f"{part} left out: {exc}")
-    except Exception as exc:  # noqa: BLE001 - reported in the section, with the traceback in the log
+    except Exception as exc:  # reported in the section, with the traceback in the log
         logger.exception("%s failed", part)
         errors.append(f"{part} failed: {type(exc).__name__}: {exc}")
     return None
@@ -114,18 +133,7 @@ def load_models(version: str, folder: Path | None, device: torch.device) -> Load
         models.missing["bundle"] = f"{type(exc).__name__}: {exc}"
         return models
 
-    # The fields `bundle.load_bundle` fills, from the models loaded above.
-    models.bundle = ModelBundle(
-        version=version,
-        version_byte=VERSION_BYTES[version],
-        tokenizer=models.tokenizer,
-        localizer=models.localizer.model,
-        localizer_threshold=float(models.localizer.threshold),
-        min_fraction=float(models.localizer.min_fraction),
-        recovery=models.recovery,
-        calibration=calibration,
-        device=device,
-    )
+    models.bundle = assemble_bundle(version, models.tokenizer, models.localizer, models.recovery, calibration, device)
     return models
 
 
