@@ -65,8 +65,13 @@ class AuditOutput:
 
 
 def rgb_to_tensor(rgb: np.ndarray) -> torch.Tensor:
-    """(H, W, 3) uint8 -> (1, 3, H, W) float32 in [0, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).unsqueeze(0).float().div(255.0)
+    """(H, W, 3) uint8 -> (1, 3, H, W) float32 in [0, 1].
+
+    Arrays from `np.asarray(PIL image)` are read-only, which torch warns about
+    when wrapping them, so a read-only array is copied first.
+    """
+    array = rgb if rgb.flags.writeable else rgb.copy()
+    return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1).unsqueeze(0).float().div(255.0)
 
 
 def tensor_to_rgb(x: torch.Tensor) -> np.ndarray:
