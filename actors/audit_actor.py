@@ -14,6 +14,7 @@ import pyarrow as pa
 
 from actors.runtime import WorkerInfo, load_models, run_batch
 from flows import paths, storage
+from flows.prefetch import OrderedWriter, prefetched
 from flows.reader import FailedImage, LoadedImage, iter_batches
 from flows.registry import load_registry
 from flows.shard import ShardSpec, ShardStats, run_shard
@@ -43,25 +44,29 @@ class AuditWorker(WorkerInfo):
 
     def _process(self, spec: ShardSpec) -> tuple[pa.Table, ShardStats]:
         fs, _ = storage.open_url(spec.dest, spec.storage)
-        rows: list[VerdictRow] = []
+        writer: OrderedWriter[VerdictRow] = OrderedWriter()
         errors: list[tuple[str, str]] = []
         mac_failed = 0
 
-        for batch in iter_batches(spec, spec.batch_size):
+        # The next batch is decoded, and masks and crops are encoded and
+        # written, in helper threads while the models run.
+        for batch in prefetched(iter_batches(spec, spec.batch_size)):
             loaded = [item for item in batch if isinstance(item, LoadedImage)]
             outputs = run_batch(self.auditor.audit_batch, [_engine_input(item) for item in loaded], "audit")
             for item, output in zip(loaded, outputs, strict=True):
                 if isinstance(output, Exception):
                     message = f"model failed on {item.entry.image_id}: {type(output).__name__}: {output}"
-                    rows.append(self._error_row(spec, FailedImage(item.entry, item.sha256, message)))
+                    writer.add(self._error_row(spec, FailedImage(item.entry, item.sha256, message)))
                     errors.append((item.entry.image_id, message))
                     continue
-                rows.append(self._verdict_row(spec, fs, item, output))
+                writer.submit(self._verdict_row, spec, fs, item, output)
                 mac_failed += bool(output.payload_mac_failed)
             for item in batch:
                 if isinstance(item, FailedImage):
-                    rows.append(self._error_row(spec, item))
+                    writer.add(self._error_row(spec, item))
                     errors.append((item.entry.image_id, item.error))
+
+        rows = writer.results()
 
         stats = ShardStats(
             shard=spec.shard,

@@ -13,6 +13,7 @@ import pyarrow as pa
 
 from actors.runtime import WorkerInfo, load_models, run_batch
 from flows import paths, storage
+from flows.prefetch import OrderedWriter, prefetched
 from flows.reader import FailedImage, LoadedImage, iter_batches
 from flows.shard import ShardSpec, ShardStats, run_shard
 from hcr_model.image_io import encode_image
@@ -40,10 +41,12 @@ class ProtectWorker(WorkerInfo):
 
     def _process(self, spec: ShardSpec) -> tuple[pa.Table, ShardStats]:
         fs, _ = storage.open_url(spec.dest, spec.storage)
-        rows: list[RegistryRow] = []
+        writer: OrderedWriter[RegistryRow] = OrderedWriter()
         errors: list[tuple[str, str]] = []
 
-        for batch in iter_batches(spec, spec.batch_size):
+        # The next batch is decoded and the protected images encoded and
+        # written in helper threads while the models run.
+        for batch in prefetched(iter_batches(spec, spec.batch_size)):
             loaded = [item for item in batch if isinstance(item, LoadedImage)]
             for item in batch:
                 if isinstance(item, FailedImage):
@@ -54,7 +57,9 @@ class ProtectWorker(WorkerInfo):
                 if isinstance(output, Exception):
                     errors.append((item.entry.image_id, f"model failed on {item.entry.image_id}: {type(output).__name__}: {output}"))
                     continue
-                rows.append(self._write_protected(spec, fs, item, output))
+                writer.submit(self._write_protected, spec, fs, item, output)
+
+        rows = writer.results()
 
         stats = ShardStats(
             shard=spec.shard,

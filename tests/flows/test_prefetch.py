@@ -1,0 +1,74 @@
+"""Background reading and ordered background writing inside workers (flows.prefetch)."""
+
+import threading
+import time
+
+import pytest
+
+from flows.prefetch import OrderedWriter, prefetched
+
+
+def test_prefetched_keeps_order_and_runs_ahead():
+    produced: list[int] = []
+
+    def source():
+        for index in range(6):
+            produced.append(index)
+            yield index
+
+    stream = prefetched(source(), depth=2)
+    assert next(stream) == 0
+    time.sleep(0.3)
+    # The producer ran ahead of the consumer, by at most depth + 1 items.
+    assert 2 <= len(produced) <= 4
+    assert list(stream) == [1, 2, 3, 4, 5]
+
+
+def test_prefetched_raises_the_source_error_in_place():
+    def source():
+        yield 1
+        raise OSError("connection reset")
+
+    stream = prefetched(source())
+    assert next(stream) == 1
+    with pytest.raises(OSError, match="connection reset"):
+        next(stream)
+
+
+def test_closing_early_stops_the_producer():
+    def source():
+        index = 0
+        while True:
+            yield index
+            index += 1
+
+    before = threading.active_count()
+    stream = prefetched(source(), depth=1)
+    assert next(stream) == 0
+    stream.close()
+    assert threading.active_count() == before
+
+
+def test_ordered_writer_returns_results_in_submission_order():
+    writer: OrderedWriter[str] = OrderedWriter()
+
+    def slow(name: str, delay: float) -> str:
+        time.sleep(delay)
+        return name
+
+    writer.submit(slow, "a", 0.05)
+    writer.add("b")
+    writer.submit(slow, "c", 0.0)
+    assert writer.results() == ["a", "b", "c"]
+
+
+def test_ordered_writer_raises_the_first_error():
+    writer: OrderedWriter[int] = OrderedWriter()
+
+    def fail() -> int:
+        raise PermissionError("read-only bucket")
+
+    writer.add(1)
+    writer.submit(fail)
+    with pytest.raises(PermissionError, match="read-only bucket"):
+        writer.results()
