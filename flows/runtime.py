@@ -32,7 +32,7 @@ PREFECT_ENV_DEFAULTS = {
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
 }
 
-# Tries to start a local Ray before giving up (see _start_local_ray).
+# Attempts to start a local Ray before giving up (see _start_local_ray).
 LOCAL_RAY_START_ATTEMPTS = 3
 
 
@@ -102,7 +102,7 @@ def _start_local_ray(options: RayOptions) -> None:
         except Exception as error:
             if "timed out during startup" not in str(error) or attempt == LOCAL_RAY_START_ATTEMPTS:
                 raise
-            logger.warning("local Ray did not start in time (attempt %d of %d); retrying", attempt, LOCAL_RAY_START_ATTEMPTS)
+            logger.warning("local Ray start timed out (attempt %d of %d); retrying", attempt, LOCAL_RAY_START_ATTEMPTS)
             ray.shutdown()
 
 

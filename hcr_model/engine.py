@@ -131,7 +131,7 @@ class Protector:
 
 
 def size_notes(carrier, height: int, width: int) -> list[str]:
-    """A note for images below the carrier's smallest reliable side, else nothing."""
+    """Return a note for images below the carrier's smallest reliable side, else nothing."""
     min_side = getattr(carrier, "min_reliable_side", 0)
     if min(height, width) < min_side:
         return [f"image smaller than {min_side} px on a side: the payload may not survive processing"]
@@ -204,7 +204,7 @@ class Auditor:
             verdicts.append(decide_verdict(signals))
 
         # 5. Restoration of the edited regions, batched over tampered images.
-        # The decision threshold is strict so untouched images stay clean; once
+        # The decision threshold is strict, so untouched images stay clean. Once
         # an image is judged edited, its mask is drawn at the lower best-F1
         # threshold, which follows the edit's outline more closely.
         tampered = [i for i, verdict in enumerate(verdicts) if verdict == TAMPERED]

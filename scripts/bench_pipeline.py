@@ -51,8 +51,12 @@ def process_tree_rss(root_pid: int) -> tuple[int, int]:
     return rss.get(root_pid, 0), max((rss.get(pid, 0) for pid in descendants), default=0)
 
 
-def run_cli(command: list[str], env: dict) -> dict:
-    """Run one hcr command, sampling the RSS of its process tree; return timing and peaks."""
+def run_cli(command: list[str], env: dict, interval: float = 0.2, trace: list[dict] | None = None) -> dict:
+    """Run one hcr command, sampling the RSS of its process tree; return timing and peaks.
+
+    Samples are taken every `interval` seconds. With `trace`, each one is also
+    appended to it as {"seconds", "driver_mb", "worker_mb"}.
+    """
     start = time.perf_counter()
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     peaks = {"driver": 0, "worker": 0}
@@ -62,7 +66,9 @@ def run_cli(command: list[str], env: dict) -> dict:
             driver, worker = process_tree_rss(process.pid)
             peaks["driver"] = max(peaks["driver"], driver)
             peaks["worker"] = max(peaks["worker"], worker)
-            time.sleep(0.2)
+            if trace is not None:
+                trace.append({"seconds": time.perf_counter() - start, "driver_mb": driver / 2**20, "worker_mb": worker / 2**20})
+            time.sleep(interval)
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()

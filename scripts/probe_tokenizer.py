@@ -9,10 +9,10 @@ hidden code's scales are kept. Two representations of that code are probed:
   3 × 3 cells (288 numbers), which every tokenizer has.
 
 Each probe is fitted on the train split (fixed tiles: the centre square and
-the corners) and scored on the centre tile of each photo of the scored
-splits, against the manifest's semantic category: a 5-nearest-neighbour vote
-by cosine similarity and a logistic regression on standardized features.
-Usage:
+the corners). It is scored on the centre tile of each photo of the scored
+splits, against the manifest's semantic category. The probes are a
+5-nearest-neighbour vote by cosine similarity and a logistic regression on
+standardized features. Usage:
 
     python scripts/probe_tokenizer.py --weights v1 other.pt --json out.json
 """
@@ -125,7 +125,7 @@ def _majority(labels: np.ndarray) -> str:
 
 
 def model_metadata(weights: str) -> dict:
-    """The metadata stored in a tokenizer weight file (training options such as ``distill``)."""
+    """Return the metadata stored in a tokenizer weight file (training options such as ``distill``)."""
     from hcr_model.tokenizer import _resolve
 
     return dict(torch.load(_resolve(weights), map_location="cpu", weights_only=True).get("metadata", {}))

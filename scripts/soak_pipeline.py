@@ -12,7 +12,9 @@ leak) is about 0.
 Usage: python scripts/soak_pipeline.py [--images 20000] [--workdir /tmp/hcr-soak]
 
 NOTE: not run at full size yet: at about 2.7 audit images/s on one core,
-20,000 images take over two hours.
+20,000 images take over two hours. The slope is only meaningful when a run
+lasts far longer than its start-up (about 40 s with model loading): a
+16-image check gave slopes of thousands of MB per 1,000 images.
 """
 
 import argparse
@@ -20,40 +22,15 @@ import csv
 import json
 import os
 import shutil
-import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
-
-from bench_pipeline import edit_share, make_images, process_tree_rss
-
-
-def run_sampled(job: str, command: list[str], env: dict, interval: float, rows: list[dict]) -> float:
-    """Run one hcr command, appending (job, seconds, driver MB, worker MB) samples to rows; return its seconds."""
-    start = time.perf_counter()
-    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-    def sample() -> None:
-        while process.poll() is None:
-            driver, worker = process_tree_rss(process.pid)
-            rows.append({"job": job, "seconds": time.perf_counter() - start, "driver_mb": driver / 2**20, "worker_mb": worker / 2**20})
-            time.sleep(interval)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    output, _ = process.communicate()
-    sampler.join()
-    if process.returncode != 0:
-        raise RuntimeError(f"{' '.join(command)} failed with exit code {process.returncode}:\n{output[-4000:]}")
-    return time.perf_counter() - start
+from bench_pipeline import edit_share, make_images, run_cli
 
 
-def trend(rows: list[dict], job: str, images: int, seconds: float) -> dict:
-    """Peaks and the second-half RSS slope of one job, in MB and MB per 1,000 images."""
-    samples = [row for row in rows if row["job"] == job]
+def trend(samples: list[dict], images: int, seconds: float) -> dict:
+    """Return the peaks and the second-half worker RSS slope of one job (MB, MB per 1,000 images)."""
     times = np.array([row["seconds"] for row in samples])
     worker = np.array([row["worker_mb"] for row in samples])
     late = times >= seconds / 2
@@ -86,21 +63,23 @@ def main(argv: list[str] | None = None) -> int:
     hcr = [sys.executable, "-m", "flows.cli"]
     batch = ["--batch-size", str(args.batch_size), "--no-progress"]
 
-    rows: list[dict] = []
-    protect_s = run_sampled("protect", [*hcr, "protect", str(source), "--out", str(store), "--archive", "soak", *batch], env, args.interval, rows)
+    traces: dict[str, list[dict]] = {"protect": [], "audit": []}
+    protect_cmd = [*hcr, "protect", str(source), "--out", str(store), "--archive", "soak", *batch]
+    protect_s = run_cli(protect_cmd, env, args.interval, traces["protect"])["seconds"]
     edited_count = edit_share(store / "protected" / "soak", edited, args.seed)
     audit_cmd = [*hcr, "audit", str(edited), "--registry", str(store), "--out", str(results), "--archive", "soak", *batch]
-    audit_s = run_sampled("audit", audit_cmd, env, args.interval, rows)
+    audit_s = run_cli(audit_cmd, env, args.interval, traces["audit"])["seconds"]
 
     with open(args.workdir / "rss.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=["job", "seconds", "driver_mb", "worker_mb"])
         writer.writeheader()
-        writer.writerows(rows)
+        for job, samples in traces.items():
+            writer.writerows({"job": job, **sample} for sample in samples)
     summary = {
         "images": args.images,
         "edited": edited_count,
-        "protect": trend(rows, "protect", args.images, protect_s),
-        "audit": trend(rows, "audit", args.images, audit_s),
+        "protect": trend(traces["protect"], args.images, protect_s),
+        "audit": trend(traces["audit"], args.images, audit_s),
         "rss_csv": str(args.workdir / "rss.csv"),
     }
     print(json.dumps(summary, indent=2))

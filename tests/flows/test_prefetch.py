@@ -49,7 +49,7 @@ def test_closing_early_stops_the_producer():
     assert threading.active_count() == before
 
 
-def test_ordered_writer_returns_results_in_submission_order():
+def test_writer_keeps_submission_order():
     writer: OrderedWriter[str] = OrderedWriter()
 
     def slow(name: str, delay: float) -> str:
@@ -62,7 +62,7 @@ def test_ordered_writer_returns_results_in_submission_order():
     assert writer.results() == ["a", "b", "c"]
 
 
-def test_ordered_writer_raises_the_first_error():
+def test_writer_raises_first_error():
     writer: OrderedWriter[int] = OrderedWriter()
 
     def fail() -> int:

@@ -26,7 +26,8 @@ def test_start_retries_a_startup_timeout(monkeypatch):
     monkeypatch.setattr(ray, "shutdown", lambda: None)
     runtime._start_local_ray(RayOptions())
     assert len(calls) == 2
-    assert calls[0]["address"] == "local" and calls[0]["include_dashboard"] is False
+    assert calls[0]["address"] == "local"
+    assert calls[0]["include_dashboard"] is False
 
 
 def test_start_gives_up_after_the_last_attempt(monkeypatch):
