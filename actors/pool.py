@@ -68,7 +68,8 @@ class ActorPool:
         self.actors = []
 
 
-def _start(worker_class, options: RayOptions, local: bool, *args) -> ActorPool:
+def _create(worker_class, options: RayOptions, local: bool, *args) -> list:
+    """Create the actors and return at once. Each loads the models in its own process."""
     cluster = ray.cluster_resources()
     request = actor_resources(options, cluster)
     if local:
@@ -86,6 +87,11 @@ def _start(worker_class, options: RayOptions, local: bool, *args) -> ActorPool:
         "started %d %s actors with %g CPU and %g GPU each",
         len(actors), worker_class.__name__, request["num_cpus"], request["num_gpus"],
     )
+    return actors
+
+
+def _wait_ready(worker_class, actors: list) -> ActorPool:
+    """Wait until every actor has loaded its models, or raise with the loading error."""
     # Surface a model or key loading failure now, with its message, not at the first shard.
     try:
         infos = ray.get([actor.describe.remote() for actor in actors])
@@ -96,6 +102,42 @@ def _start(worker_class, options: RayOptions, local: bool, *args) -> ActorPool:
     for info in infos:
         logger.info("actor pid %d ready: weights %s on %s, key_id %s", info["pid"], info["model_version"], info["device"], info["key_id"])
     return ActorPool(actors)
+
+
+# Actors created ahead of a flow (see head_start), by worker class name. The
+# flow's start_*_pool call adopts them instead of creating its own.
+# NOTE: this assumes one run per process at a time. Concurrent runs in one
+# process would adopt each other's actors.
+_PRESTARTED: dict[str, list] = {}
+
+
+def _start(worker_class, options: RayOptions, local: bool, *args) -> ActorPool:
+    actors = _PRESTARTED.pop(worker_class.__name__, None)
+    if actors is None:
+        actors = _create(worker_class, options, local, *args)
+    else:
+        logger.info("adopting %d %s actors started ahead of the flow", len(actors), worker_class.__name__)
+    return _wait_ready(worker_class, actors)
+
+
+def prestart_protect_pool(options: RayOptions, model: ModelOptions, local: bool) -> None:
+    """Create the protect actors now; the next start_protect_pool in this process adopts them."""
+    _PRESTARTED[ProtectWorker.__name__] = _create(ProtectWorker, options, local, model)
+
+
+def prestart_audit_pool(
+    options: RayOptions, model: ModelOptions, local: bool, registry: str | None, registry_storage: StorageOptions
+) -> None:
+    """Create the audit actors now; the next start_audit_pool in this process adopts them."""
+    _PRESTARTED[AuditWorker.__name__] = _create(AuditWorker, options, local, model, registry, registry_storage)
+
+
+def discard_prestarted() -> None:
+    """Kill actors that were started ahead but never adopted (every shard was already done)."""
+    for actors in _PRESTARTED.values():
+        for actor in actors:
+            ray.kill(actor)
+    _PRESTARTED.clear()
 
 
 def start_protect_pool(options: RayOptions, model: ModelOptions, local: bool) -> ActorPool:

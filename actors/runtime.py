@@ -6,11 +6,40 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import torch
-
+from flows.runtime import HCR_LOGGERS, LOG_LEVEL_ENV
 from schemas.config import ModelOptions
 
 logger = logging.getLogger(__name__)
+
+
+def configure_worker_logging() -> None:
+    """Send hcr's log records of this worker process to its stderr at the run's level.
+
+    A Ray worker has no handler for them, so records below WARNING were lost.
+    Ray forwards a worker's stderr to the driver's console, prefixed with the
+    actor and its pid. The level comes from HCR_LOG_LEVEL (default INFO).
+    NOTE: on a remote cluster the variable must be set there (runtime_env).
+    """
+    level = os.environ.get(LOG_LEVEL_ENV, "INFO").upper()
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    for name in HCR_LOGGERS:
+        named = logging.getLogger(name)
+        named.setLevel(level)
+        # Replace rather than add: an actor restarted in the same process must not print twice.
+        named.handlers = [handler]
+        named.propagate = False
+
+
+def _inside_ray_actor() -> bool:
+    """True in a Ray actor's process; False for a worker object built in the caller's process."""
+    import sys
+
+    if "ray" not in sys.modules:
+        return False
+    import ray
+
+    return ray.is_initialized() and ray.get_runtime_context().get_actor_id() is not None
 
 
 def load_models(model: ModelOptions):
@@ -21,6 +50,12 @@ def load_models(model: ModelOptions):
     A worker never creates a key. Inside a Ray actor, CUDA_VISIBLE_DEVICES lists only the GPUs Ray
     assigned, so the default device is a GPU exactly when the actor got one.
     """
+    if _inside_ray_actor():
+        configure_worker_logging()
+    # torch is imported here, in the worker: the driver that creates the
+    # actors never needs it, and importing it costs 3-4 s of start-up.
+    import torch
+
     from hcr_model.bundle import load_bundle
     from hcr_model.keys import SecretKey, load_key
 

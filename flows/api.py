@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from flows.options import build_config
-from flows.runtime import prefect_settings, prepare_environment
+from flows.runtime import head_start, prefect_settings, prepare_environment
 from flows.summary import RunSummary
 from flows.verify import VerifyReport, verify_protect, verify_sweep
 from schemas.config import AuditConfig, ModelOptions, ProtectConfig, RunOptions, StorageOptions
@@ -55,9 +55,14 @@ def run_protect(config: ProtectConfig) -> RunSummary:
     prepare_environment(config.ray, config.prefect)
     _check_weights(config)
     _check_key(config.model, create=True)
-    from flows.protect_flow import protect_flow
+    def prestart(local: bool) -> None:
+        from actors.pool import prestart_protect_pool
 
-    with prefect_settings(config.prefect):
+        prestart_protect_pool(config.ray, config.model, local)
+
+    with prefect_settings(config.prefect), head_start(config.ray, prestart):
+        from flows.protect_flow import protect_flow
+
         return protect_flow(config)
 
 
@@ -65,9 +70,14 @@ def run_audit(config: AuditConfig) -> RunSummary:
     prepare_environment(config.ray, config.prefect)
     _check_key(config.model, create=False)
     _check_weights(config)
-    from flows.audit_flow import audit_flow
+    def prestart(local: bool) -> None:
+        from actors.pool import prestart_audit_pool
 
-    with prefect_settings(config.prefect):
+        prestart_audit_pool(config.ray, config.model, local, config.registry, config.storage)
+
+    with prefect_settings(config.prefect), head_start(config.ray, prestart):
+        from flows.audit_flow import audit_flow
+
         return audit_flow(config)
 
 

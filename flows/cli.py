@@ -13,9 +13,11 @@ Exit status: 0 on success, 1 when shards failed or verify found problems,
 import argparse
 import importlib
 import logging
+import os
 import sys
 
 from flows.options import add_run_arguments, build_config, flat_options
+from flows.runtime import HCR_LOGGERS, LOG_LEVEL_ENV
 from schemas.config import AuditConfig, ProtectConfig, StorageOptions
 
 logger = logging.getLogger(__name__)
@@ -28,7 +30,6 @@ DELEGATES = {
     "demo": ("flows.demo", "protect, edit and audit the bundled photos end to end: hcr demo --help"),
 }
 DELEGATE_SUBCOMMANDS = {"data": ("build",), "train": ("tokenizer", "localizer", "recovery")}
-HCR_LOGGERS = ("flows", "actors", "hcr_model", "schemas")
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -106,6 +107,7 @@ def _configure_logging(level: str) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for name in HCR_LOGGERS:
         logging.getLogger(name).setLevel(level.upper())
+    os.environ[LOG_LEVEL_ENV] = level.upper()
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(name).setLevel(logging.INFO)
 
     from flows.api import audit, protect
-    from flows.runtime import prepare_environment, ray_session
+    from flows.runtime import prepare_environment, ray_session, temporary_prefect_api
     from schemas.config import PrefectOptions, RayOptions
 
     if not args.photos.is_dir():
@@ -167,10 +167,10 @@ def main(argv: list[str] | None = None) -> int:
 
     store, edited, truth_dir, results = workdir / "store", workdir / "edited", workdir / "truth", workdir / "audit"
 
-    # One local Ray serves both flows, which saves a Ray start.
+    # One local Ray and one Prefect server serve both flows, which saves a start of each.
     ray_options = RayOptions()
     prepare_environment(ray_options, PrefectOptions())
-    with ray_session(ray_options):
+    with ray_session(ray_options), temporary_prefect_api():
         print(f"1/3 protecting {args.photos} -> {store}")
         print(protect(str(args.photos), str(store), archive="demo").format())
 

@@ -10,7 +10,7 @@ environment before Ray starts or Prefect is imported, hence
 import contextlib
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from schemas.config import PrefectOptions, RayOptions
 
@@ -34,6 +34,11 @@ PREFECT_ENV_DEFAULTS = {
 
 # Attempts to start a local Ray before giving up (see _start_local_ray).
 LOCAL_RAY_START_ATTEMPTS = 3
+
+# hcr's own loggers, and the variable that carries the CLI's --log-level to
+# the actors (a local Ray's workers inherit the driver's environment).
+HCR_LOGGERS = ("flows", "actors", "hcr_model", "schemas")
+LOG_LEVEL_ENV = "HCR_LOG_LEVEL"
 
 
 def prepare_environment(ray_options: RayOptions, prefect_options: PrefectOptions) -> None:
@@ -77,6 +82,82 @@ def ray_session(options: RayOptions) -> Iterator[bool]:
         yield local
     finally:
         ray.shutdown()
+
+
+@contextlib.contextmanager
+def head_start(options: RayOptions, prestart_pool: Callable[[bool], None]) -> Iterator[None]:
+    """Bring up Ray, a Prefect API server and the actors side by side before a flow.
+
+    Inside a flow they would come up one after the other: Prefect's temporary
+    server at the first flow run, then Ray, then the actors loading their
+    models. Here Ray starts first, then the temporary server (when no Prefect
+    API URL is set, see `temporary_prefect_api`) starts in its own process
+    while the actors load their models (`prestart_pool(local)`). The flow's
+    own `ray_session` and `start_*_pool` then find them up. On exit Ray is
+    shut down, unused actors are killed and the server is stopped.
+    """
+    from actors.pool import discard_prestarted
+
+    # Ray's start-up spreads over both cores of a small machine, while the
+    # server and each actor use one. So Ray starts first, then the rest.
+    with ray_session(options) as local:
+        try:
+            with temporary_prefect_api(lambda: prestart_pool(local)):
+                yield
+        finally:
+            discard_prestarted()
+
+
+@contextlib.contextmanager
+def temporary_prefect_api(meanwhile: Callable[[], None] | None = None) -> Iterator[None]:
+    """Run the block against a temporary Prefect API server on 127.0.0.1 when no API URL is set.
+
+    The server (`flows.prefect_server`) starts in its own process, and
+    `meanwhile()` runs while it comes up. With an API URL set, no server is
+    started and the block runs against that URL. Several flows inside one
+    block share the server.
+    """
+    from prefect.settings import (
+        PREFECT_API_URL,
+        PREFECT_SERVER_EPHEMERAL_ENABLED,
+        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS,
+        temporary_settings,
+    )
+
+    from flows.prefect_server import TemporaryServer
+
+    if PREFECT_API_URL.value() or not PREFECT_SERVER_EPHEMERAL_ENABLED.value():
+        if meanwhile is not None:
+            meanwhile()
+        yield
+        return
+
+    server = TemporaryServer()
+    server.start()
+    try:
+        if meanwhile is not None:
+            meanwhile()
+        server.wait_ready(float(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value()))
+        with temporary_settings(updates={"api.url": server.api_url}):
+            try:
+                yield
+            finally:
+                _drain_prefect_workers()
+    finally:
+        server.stop()
+
+
+def _drain_prefect_workers() -> None:
+    """Send Prefect's queued run logs and events while the server still runs.
+
+    Otherwise Prefect's log worker tries to send them at exit, finds the
+    server gone and prints "Error logging to API".
+    """
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for worker in (APILogWorker, EventsWorker):
+        worker.drain_all(timeout=5)
 
 
 def _start_local_ray(options: RayOptions) -> None:

@@ -5,13 +5,20 @@ retraining the tokenizer changes every hidden code. Old versions stay loadable
 so an audit can decode with the version a payload names.
 """
 
+from __future__ import annotations
+
 import json
 import logging
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
+
+# NOTE: torch is imported inside the functions that use it, so that the CLI
+# driver can check a weights version (`weights_dir`) without the 3-4 s import.
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +80,8 @@ def load_calibration(folder: Path) -> Calibration:
 
 def select_device(device: str | torch.device | None = None) -> torch.device:
     """Use the requested device, else a GPU when present, else the CPU."""
+    import torch
+
     if device is not None:
         return torch.device(device)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")

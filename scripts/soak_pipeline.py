@@ -9,7 +9,7 @@ peaks and the trend: the least-squares slope of the worker's RSS over the
 second half of each run, in MB per 1,000 images, where a flat line (no
 leak) is about 0.
 
-Usage: python scripts/soak_pipeline.py [--images 20000] [--workdir /tmp/hcr-soak]
+Usage: python scripts/soak_pipeline.py [--images 20000] [--num-actors 1] [--workdir /tmp/hcr-soak]
 
 NOTE: not run at full size yet: at about 2.7 audit images/s on one core,
 20,000 images take over two hours. The slope is only meaningful when a run
@@ -51,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/hcr-soak"), help="scratch folder (replaced)")
     parser.add_argument("--batch-size", type=int, default=8, help="images per model batch (default: 8)")
     parser.add_argument("--interval", type=float, default=2.0, help="seconds between RSS samples (default: 2)")
+    parser.add_argument("--num-actors", type=int, default=1, help="model actors per run (default: 1)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the crops and edits (default: 0)")
     args = parser.parse_args(argv)
 
@@ -61,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     env = dict(os.environ)
     env.setdefault("HCR_KEY", "00112233445566778899aabbccddeeff")
     hcr = [sys.executable, "-m", "flows.cli"]
-    batch = ["--batch-size", str(args.batch_size), "--no-progress"]
+    batch = ["--batch-size", str(args.batch_size), "--num-actors", str(args.num_actors), "--no-progress"]
 
     traces: dict[str, list[dict]] = {"protect": [], "audit": []}
     protect_cmd = [*hcr, "protect", str(source), "--out", str(store), "--archive", "soak", *batch]
@@ -77,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
             writer.writerows({"job": job, **sample} for sample in samples)
     summary = {
         "images": args.images,
+        "num_actors": args.num_actors,
         "edited": edited_count,
         "protect": trend(traces["protect"], args.images, protect_s),
         "audit": trend(traces["audit"], args.images, audit_s),

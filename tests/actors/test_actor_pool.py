@@ -2,6 +2,7 @@
 
 import datetime
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -142,3 +143,82 @@ def test_run_batch_raises_when_all_fail():
 
     with pytest.raises(ValueError, match="bad1"):
         run_batch(_square_batch, [_Image("bad1"), _Image("bad2")], "test")
+
+
+@needs_weights
+def test_prestarted_actors_are_adopted(ray_local):
+    from actors import pool as pool_module
+
+    pool_module.prestart_protect_pool(RayOptions(num_actors=1), ModelOptions(), local=True)
+    prestarted = pool_module._PRESTARTED["ProtectWorker"]
+    pool = pool_module.start_protect_pool(RayOptions(num_actors=1), ModelOptions(), local=True)
+    try:
+        assert pool.actors is prestarted
+        assert "ProtectWorker" not in pool_module._PRESTARTED
+    finally:
+        pool.shutdown()
+
+
+@needs_weights
+def test_unadopted_actors_are_killed(ray_local):
+    from actors import pool as pool_module
+
+    pool_module.prestart_protect_pool(RayOptions(num_actors=1), ModelOptions(), local=True)
+    actor = pool_module._PRESTARTED["ProtectWorker"][0]
+    pool_module.discard_prestarted()
+    assert pool_module._PRESTARTED == {}
+    with pytest.raises(ray_local.exceptions.RayActorError):
+        ray_local.get(actor.describe.remote(), timeout=120)
+
+
+def _wait_for_file(folder, timeout: float) -> None:
+    """Return once `folder` contains a file, or fail after `timeout` seconds."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if folder.is_dir() and any(path.is_file() for path in folder.rglob("*")):
+            return
+        time.sleep(0.05)
+    pytest.fail(f"no file appeared in {folder} within {timeout:.0f} s")
+
+
+@needs_weights
+def test_killed_actor_retries_shard(ray_local, tmp_path, photos_dir):
+    """SIGKILL the actor after its first protected image: Ray restarts it and the shard is redone whole."""
+    import os
+    import signal
+    import threading
+
+    import pyarrow.parquet as pq
+
+    from actors.pool import start_protect_pool
+
+    source = tmp_path / "photos"
+    source.mkdir()
+    photos = sorted(photos_dir.glob("*.jpg"))
+    for copy in range(2):
+        for photo in photos:
+            shutil.copy(photo, source / f"{copy}-{photo.name}")
+    dest = str(tmp_path / "prot")
+    (spec,) = _specs("protect", str(source), dest, shard_size=2 * len(photos))
+
+    pool = start_protect_pool(RayOptions(num_actors=1), ModelOptions(), local=True)
+    try:
+        first_pid = ray_local.get(pool.actors[0].describe.remote())["pid"]
+        result: dict = {}
+        runner = threading.Thread(target=lambda: result.update(stats=pool.run_shard(spec)))
+        runner.start()
+        _wait_for_file(tmp_path / "prot" / "protected" / "photos", timeout=300)
+        os.kill(first_pid, signal.SIGKILL)
+        runner.join(timeout=600)
+        assert not runner.is_alive(), "the retried shard did not finish"
+        second = ray_local.get(pool.actors[0].describe.remote())
+    finally:
+        pool.shutdown()
+
+    assert second["pid"] != first_pid
+    assert result["stats"].counts == {"protected": 2 * len(photos)}
+    ids = pq.read_table(spec.part_url).column("image_id").to_pylist()
+    assert sorted(ids) == sorted(path.name for path in source.iterdir())
+    assert Path(spec.done_url).is_file()

@@ -165,3 +165,35 @@ def test_verify_reports_missing_and_duplicates(tmp_path, capsys):
     assert "missing (2): d.jpg, e.jpg" in out
     assert "duplicates (1): c.jpg" in out
     assert "unfinished shards (1): 2" in out
+
+
+def test_cli_protect_in_a_fresh_process(tmp_path, photos_dir):
+    """The README path: a new process starts its own Prefect server, Ray and actors side by side."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    source = tmp_path / "photos"
+    source.mkdir()
+    for name in ("chelsea.jpg", "rocket.jpg"):
+        shutil.copy(photos_dir / name, source / name)
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("PREFECT_", "RAY_ADDRESS", "HCR_KEY"))
+    }
+    env.update(HOME=str(tmp_path), PREFECT_HOME=str(tmp_path / "prefect"), HCR_KEY="00112233445566778899aabbccddeeff")
+    result = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "protect", str(source), "--out", str(tmp_path / "out"), "--no-progress"],
+        env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    output = result.stdout + result.stderr
+    assert "started a temporary Prefect server on http://127.0.0.1:" in output
+    assert "adopting 1 ProtectWorker actors started ahead of the flow" in output
+    assert "results: protected 2" in output
+    # The actor's own INFO records reach the console through Ray, prefixed with the actor.
+    assert "INFO flows.shard: protect shard 0 of photos: 2 images" in output
+    registry = pq.read_table(tmp_path / "out" / "registry")
+    assert sorted(registry.column("image_id").to_pylist()) == ["chelsea.jpg", "rocket.jpg"]

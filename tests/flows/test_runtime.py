@@ -47,3 +47,21 @@ def test_start_raises_other_errors_at_once(monkeypatch):
     with pytest.raises(ValueError, match="too small"):
         runtime._start_local_ray(RayOptions())
     assert len(calls) == 1
+
+
+def test_head_start_keeps_initialized_ray(ray_local, prefect_harness):
+    calls = []
+    with runtime.head_start(RayOptions(), calls.append):
+        assert calls == [True]
+    assert ray_local.is_initialized()
+
+
+def test_head_start_skips_server_with_api_url(ray_local, prefect_harness, monkeypatch):
+    from flows.prefect_server import TemporaryServer
+
+    # The harness sets PREFECT_API_URL to its own server, so none may start.
+    started = []
+    monkeypatch.setattr(TemporaryServer, "start", lambda self: started.append(self))
+    with runtime.head_start(RayOptions(), lambda local: None):
+        pass
+    assert started == []
