@@ -138,7 +138,8 @@ def temporary_prefect_api(meanwhile: Callable[[], None] | None = None) -> Iterat
         if meanwhile is not None:
             meanwhile()
         server.wait_ready(float(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value()))
-        with temporary_settings(updates={"api.url": server.api_url}):
+        # The server has no UI, so Prefect must not log "View at" links to it.
+        with temporary_settings(updates={"api.url": server.api_url, "ui_url": ""}):
             try:
                 yield
             finally:

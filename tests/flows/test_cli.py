@@ -191,6 +191,7 @@ def test_cli_protect_in_a_fresh_process(tmp_path, photos_dir):
     assert result.returncode == 0, result.stdout + result.stderr
     output = result.stdout + result.stderr
     assert "started a temporary Prefect server on http://127.0.0.1:" in output
+    assert "View at" not in output  # the temporary server has no UI to link to
     assert "adopting 1 ProtectWorker actors started ahead of the flow" in output
     assert "results: protected 2" in output
     # The actor's own INFO records reach the console through Ray, prefixed with the actor.
