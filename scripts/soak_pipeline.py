@@ -11,10 +11,10 @@ leak) is about 0.
 
 Usage: python scripts/soak_pipeline.py [--images 20000] [--num-actors 1] [--workdir /tmp/hcr-soak]
 
-NOTE: not run at full size yet: at about 2.7 audit images/s on one core,
-20,000 images take over two hours. The slope is only meaningful when a run
-lasts far longer than its start-up (about 40 s with model loading): a
-16-image check gave slopes of thousands of MB per 1,000 images.
+NOTE: the 20,000-image run with two actors takes about two hours on two
+cores (docs/BENCHMARKS.md). The slope is only meaningful when a run lasts far
+longer than its start-up: a 16-image check gave slopes of thousands of MB
+per 1,000 images.
 """
 
 import argparse
