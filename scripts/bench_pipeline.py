@@ -108,6 +108,20 @@ def make_images(target: Path, count: int, seed: int) -> None:
         photo.crop((x0, y0, x0 + crop_w, y0 + crop_h)).resize(size, Image.BICUBIC).save(target / f"{index:05d}.jpg", quality=92)
 
 
+def prepare_workdir(workdir: Path, images: int, seed: int) -> tuple[Path, Path, Path, Path, dict]:
+    """Replace `workdir`, make the source images in it; return (source, store, edited, results, env).
+
+    `env` is this process's environment with a fixed benchmark HCR_KEY unless one is set.
+    """
+    if workdir.exists():
+        shutil.rmtree(workdir)
+    source, store, edited, results = (workdir / name for name in ("source", "store", "edited", "audit"))
+    make_images(source, images, seed)
+    env = dict(os.environ)
+    env.setdefault("HCR_KEY", "00112233445566778899aabbccddeeff")
+    return source, store, edited, results, env
+
+
 def edit_share(protected: Path, target: Path, seed: int) -> int:
     """Copy the protected archive, editing EDITED_SHARE of it; return the edited count."""
     from hcr_model.bench.tampering import tamper
@@ -168,12 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
 
-    if args.workdir.exists():
-        shutil.rmtree(args.workdir)
-    source, store, edited, results = (args.workdir / name for name in ("source", "store", "edited", "audit"))
-    make_images(source, args.images, args.seed)
-    env = dict(os.environ)
-    env.setdefault("HCR_KEY", "00112233445566778899aabbccddeeff")
+    source, store, edited, results, env = prepare_workdir(args.workdir, args.images, args.seed)
     os.environ.update(env)
     hcr = [sys.executable, "-m", "flows.cli"]
     batch = ["--batch-size", str(args.batch_size), "--no-progress"]

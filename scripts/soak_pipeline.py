@@ -20,13 +20,11 @@ per 1,000 images.
 import argparse
 import csv
 import json
-import os
-import shutil
 import sys
 from pathlib import Path
 
 import numpy as np
-from bench_pipeline import edit_share, make_images, run_cli
+from bench_pipeline import edit_share, prepare_workdir, run_cli
 
 
 def trend(samples: list[dict], images: int, seconds: float) -> dict:
@@ -55,12 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of the crops and edits (default: 0)")
     args = parser.parse_args(argv)
 
-    if args.workdir.exists():
-        shutil.rmtree(args.workdir)
-    source, store, edited, results = (args.workdir / name for name in ("source", "store", "edited", "audit"))
-    make_images(source, args.images, args.seed)
-    env = dict(os.environ)
-    env.setdefault("HCR_KEY", "00112233445566778899aabbccddeeff")
+    source, store, edited, results, env = prepare_workdir(args.workdir, args.images, args.seed)
     hcr = [sys.executable, "-m", "flows.cli"]
     batch = ["--batch-size", str(args.batch_size), "--num-actors", str(args.num_actors), "--no-progress"]
 
