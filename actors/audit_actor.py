@@ -17,7 +17,7 @@ from flows import paths, storage
 from flows.prefetch import OrderedWriter, prefetched
 from flows.reader import FailedImage, LoadedImage, iter_batches
 from flows.registry import load_registry
-from flows.shard import ShardSpec, ShardStats, run_shard
+from flows.shard import ShardSpec, ShardStats
 from hcr_model.image_io import encode_png
 from schemas.arrow import rows_to_table
 from schemas.config import ModelOptions, StorageOptions
@@ -36,11 +36,6 @@ class AuditWorker(WorkerInfo):
         self._init_info(key.key_id, bundle.version, device)
         table = load_registry(registry, registry_storage or StorageOptions()) if registry else None
         self.auditor = Auditor(bundle, key, table)
-
-    def run_shard(self, spec: ShardSpec) -> ShardStats:
-        stats = run_shard(spec, self._process)
-        self.shards_run += not stats.skipped
-        return stats
 
     def _process(self, spec: ShardSpec) -> tuple[pa.Table, ShardStats]:
         fs, _ = storage.open_url(spec.dest, spec.storage)

@@ -15,7 +15,7 @@ from actors.runtime import WorkerInfo, load_models, run_batch
 from flows import paths, storage
 from flows.prefetch import OrderedWriter, prefetched
 from flows.reader import FailedImage, LoadedImage, iter_batches
-from flows.shard import ShardSpec, ShardStats, run_shard
+from flows.shard import ShardSpec, ShardStats
 from hcr_model.image_io import encode_image
 from schemas.arrow import rows_to_table
 from schemas.config import ModelOptions
@@ -33,11 +33,6 @@ class ProtectWorker(WorkerInfo):
         bundle, key, device = load_models(model)
         self._init_info(key.key_id, bundle.version, device)
         self.protector = Protector(bundle, key)
-
-    def run_shard(self, spec: ShardSpec) -> ShardStats:
-        stats = run_shard(spec, self._process)
-        self.shards_run += not stats.skipped
-        return stats
 
     def _process(self, spec: ShardSpec) -> tuple[pa.Table, ShardStats]:
         fs, _ = storage.open_url(spec.dest, spec.storage)

@@ -1,12 +1,19 @@
-"""Model and key loading shared by the workers."""
+"""Shared by the workers: model and key loading, batch retries, the shard call and memory release."""
 
+import ctypes
+import ctypes.util
+import functools
+import gc
 import logging
 import os
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pyarrow as pa
+
 from flows.runtime import HCR_LOGGERS, LOG_LEVEL_ENV
+from flows.shard import ShardSpec, ShardStats, run_shard
 from schemas.config import ModelOptions
 
 logger = logging.getLogger(__name__)
@@ -98,8 +105,51 @@ def run_batch(batch_fn: Callable[[list], list], inputs: list, what: str) -> list
     return results
 
 
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    """Return glibc's malloc_trim, or None where the C library has none (musl, macOS)."""
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return None
+    try:
+        return ctypes.CDLL(name).malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+def release_free_memory() -> None:
+    """Collect garbage and hand the C heap's free pages back to the OS.
+
+    A worker decodes images of every size in its helper threads and frees
+    them in the model thread. glibc keeps such freed memory in per-thread
+    arenas, so a long sweep's RSS crept up although nothing leaked (the
+    20,000-image soak in docs/BENCHMARKS.md). malloc_trim(0) releases the free
+    pages of every arena; it takes a few milliseconds, once per shard.
+    """
+    gc.collect()
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
 class WorkerInfo:
-    """Self-description of a worker: its process, its models and the shards it ran."""
+    """The shared part of the workers: the shard call and the self-description.
+
+    A subclass loads its models and defines `_process(spec)`, which returns
+    the shard's rows and stats.
+    """
+
+    def _process(self, spec: ShardSpec) -> tuple[pa.Table, ShardStats]:
+        raise NotImplementedError
+
+    def run_shard(self, spec: ShardSpec) -> ShardStats:
+        """Run one shard (skipped when already done), then release the memory it freed."""
+        try:
+            stats = run_shard(spec, self._process)
+        finally:
+            release_free_memory()
+        self.shards_run += not stats.skipped
+        return stats
 
     def _init_info(self, key_id: str, model_version: str, device) -> None:
         self.key_id = key_id

@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(name).setLevel(logging.INFO)
 
     from flows.api import audit, protect
-    from flows.runtime import prepare_environment, ray_session, temporary_prefect_api
+    from flows.runtime import head_start, prepare_environment
     from schemas.config import PrefectOptions, RayOptions
 
     if not args.photos.is_dir():
@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     # One local Ray and one Prefect server serve both flows, which saves a start of each.
     ray_options = RayOptions()
     prepare_environment(ray_options, PrefectOptions())
-    with ray_session(ray_options), temporary_prefect_api():
+    with head_start(ray_options):
         print(f"1/3 protecting {args.photos} -> {store}")
         print(protect(str(args.photos), str(store), archive="demo").format())
 

@@ -12,6 +12,7 @@ NOTE: like Prefect's own temporary server, the subprocess outlives a driver
 that is killed with SIGKILL alone (not its process group).
 """
 
+import contextlib
 import logging
 import os
 import socket
@@ -22,8 +23,17 @@ import time
 logger = logging.getLogger(__name__)
 
 # Environment of the server process, as Prefect sets it for its own
-# temporary server: no UI, and the ephemeral-server behaviour.
-SERVER_ENV = {"PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
+# temporary server: no UI, and the ephemeral-server behaviour. Analytics are
+# off unless the user's settings turn them on: the server would otherwise
+# send telemetry to a host outside this machine.
+SERVER_ENV = {
+    "PREFECT_UI_ENABLED": "0",
+    "PREFECT__SERVER_EPHEMERAL": "1",
+    "PREFECT__SERVER_FINAL": "1",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+}
+# CPU priority of the server process, as `nice` counts: higher is lower.
+SERVER_NICENESS = 10
 # Ports tried before giving up when another process takes the chosen one.
 START_ATTEMPTS = 3
 
@@ -57,6 +67,13 @@ class TemporaryServer:
             "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "error", "--lifespan", "on",
         ]
         self.process = subprocess.Popen(command, env=env)
+        # Lower the server's CPU priority (nice 10) while it imports Prefect's
+        # server code, so that on a small machine Ray and the actors, which
+        # the first shard waits for, come up first. A machine with idle cores
+        # sees no difference. The child has not started a thread yet, so
+        # its main thread's priority is inherited by all of them.
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, self.process.pid, SERVER_NICENESS)
 
     def wait_ready(self, timeout_s: float) -> None:
         """Wait until the server passes its health check, relaunching it on another port if it exits early."""

@@ -85,27 +85,34 @@ def ray_session(options: RayOptions) -> Iterator[bool]:
 
 
 @contextlib.contextmanager
-def head_start(options: RayOptions, prestart_pool: Callable[[bool], None]) -> Iterator[None]:
-    """Bring up Ray, a Prefect API server and the actors side by side before a flow.
+def head_start(options: RayOptions, prestart_pool: Callable[[bool], None] | None = None) -> Iterator[None]:
+    """Bring up a Prefect API server, Ray and the actors side by side before a flow.
 
     Inside a flow they would come up one after the other: Prefect's temporary
     server at the first flow run, then Ray, then the actors loading their
-    models. Here Ray starts first, then the temporary server (when no Prefect
-    API URL is set, see `temporary_prefect_api`) starts in its own process
-    while the actors load their models (`prestart_pool(local)`). The flow's
-    own `ray_session` and `start_*_pool` then find them up. On exit Ray is
-    shut down, unused actors are killed and the server is stopped.
+    models. Here the temporary server (when no Prefect API URL is set, see
+    `temporary_prefect_api`) is launched first, in its own process, and Ray
+    and the actors (`prestart_pool(local)`) start while it imports Prefect's
+    server code. The flow's own `ray_session` and `start_*_pool` then find
+    them up. On exit the server is stopped, unused actors are killed and Ray
+    is shut down.
     """
     from actors.pool import discard_prestarted
 
-    # Ray's start-up spreads over both cores of a small machine, while the
-    # server and each actor use one. So Ray starts first, then the rest.
-    with ray_session(options) as local:
-        try:
-            with temporary_prefect_api(lambda: prestart_pool(local)):
-                yield
-        finally:
-            discard_prestarted()
+    # The server spends about 12 s of one core importing Prefect's server
+    # code; Ray's start-up and the actors' model loading fill the other core
+    # meanwhile. Measured on 2 cores: server, Ray and one actor ready after
+    # 20 s this way, 27 s with Ray started first (see docs/BENCHMARKS.md).
+    with contextlib.ExitStack() as stack:
+
+        def start_ray_and_actors() -> None:
+            local = stack.enter_context(ray_session(options))
+            stack.callback(discard_prestarted)
+            if prestart_pool is not None:
+                prestart_pool(local)
+
+        with temporary_prefect_api(start_ray_and_actors):
+            yield
 
 
 @contextlib.contextmanager

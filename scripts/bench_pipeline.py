@@ -11,7 +11,13 @@ nothing else: no Prefect, no Ray, no Parquet, no object writes. Peak RSS is
 sampled from /proc every second: the CLI's driver process and the largest
 Ray worker in its process tree.
 
-Usage: python scripts/bench_pipeline.py [--images 2000] [--jobs both|protect|audit] [--workdir /tmp/hcr-bench-pipeline]
+With `--rounds N` each job's CLI and bare loop run N times each, in
+alternating order (CLI first in odd rounds, bare first in even ones), and the
+overhead is the ratio of the summed times. On a shared 2-core machine the
+speed of identical runs varied by up to 20 % within minutes, so one pair
+alone can be off by that much.
+
+Usage: python scripts/bench_pipeline.py [--images 2000] [--jobs both|protect|audit] [--rounds 1] [--workdir /tmp/hcr-bench-pipeline]
 """
 
 import argparse
@@ -23,6 +29,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -169,6 +176,54 @@ def bare_loop(folder: Path, kind: str, batch_size: int, registry: Path | None) -
     return {"seconds": time.perf_counter() - start}
 
 
+def time_job(job: str, rounds: int, cli: Callable[[int], dict], bare: Callable[[], dict]) -> list[dict]:
+    """Time one job's CLI and bare loop `rounds` times each; return one {"cli", "bare"} pair per round.
+
+    The order alternates (CLI first, then bare first), so a drift of the
+    machine's speed during the run weighs on both sides alike.
+    """
+    pairs = []
+    for round_index in range(rounds):
+        if round_index % 2 == 0:
+            pair = {"cli": cli(round_index)}
+            pair["bare"] = bare()
+        else:
+            pair = {"bare": bare()}
+            pair["cli"] = cli(round_index)
+        pair["overhead"] = pair["cli"]["seconds"] / pair["bare"]["seconds"] - 1.0
+        print(f"{job} round {round_index + 1}: CLI {pair['cli']['seconds']:.1f} s, bare {pair['bare']['seconds']:.1f} s, "
+              f"overhead {pair['overhead']:+.1%}", flush=True)
+        pairs.append(pair)
+    return pairs
+
+
+def report(job: str, images: int, pairs: list[dict]) -> dict:
+    """Print and return the job's figures summed over the rounds."""
+    cli_s = sum(pair["cli"]["seconds"] for pair in pairs)
+    bare_s = sum(pair["bare"]["seconds"] for pair in pairs)
+    # Start-up and shutdown: the CLI's wall time outside the shards' processing.
+    fixed = [pair["cli"]["seconds"] - pair["cli"].get("processing_seconds", float("nan")) for pair in pairs]
+    processing_s = sum(pair["cli"].get("processing_seconds", float("nan")) for pair in pairs)
+    figures = {
+        "rounds": pairs,
+        "cli_images_per_s": images * len(pairs) / cli_s,
+        "bare_images_per_s": images * len(pairs) / bare_s,
+        "overhead": cli_s / bare_s - 1.0,
+        "in_shard_overhead": processing_s / bare_s - 1.0,
+        "fixed_seconds": fixed,
+        "driver_peak_rss_mb": max(pair["cli"]["driver_peak_rss_mb"] for pair in pairs),
+        "worker_peak_rss_mb": max(pair["cli"]["worker_peak_rss_mb"] for pair in pairs),
+    }
+    print(
+        f"{job}: CLI {figures['cli_images_per_s']:.2f} images/s, bare loop {figures['bare_images_per_s']:.2f} images/s, "
+        f"overhead {figures['overhead']:+.1%} over {len(pairs)} round(s) "
+        f"(inside the shards {figures['in_shard_overhead']:+.1%}; CLI start-up and shutdown "
+        f"{', '.join(f'{value:.1f}' for value in fixed)} s); "
+        f"peak RSS driver {figures['driver_peak_rss_mb']:.0f} MB, largest worker {figures['worker_peak_rss_mb']:.0f} MB"
+    )
+    return figures
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=2000, help="images to make (default: 2000)")
@@ -180,36 +235,38 @@ def main(argv: list[str] | None = None) -> int:
         help="which job to time (default: both). The audit needs a protect run, which is then made but not timed "
         "against a bare loop.",
     )
+    parser.add_argument(
+        "--rounds", type=int, default=1,
+        help="CLI and bare-loop runs per job, in alternating order; the overhead is over their sums (default: 1)",
+    )
     args = parser.parse_args(argv)
 
     source, store, edited, results, env = prepare_workdir(args.workdir, args.images, args.seed)
     os.environ.update(env)
     hcr = [sys.executable, "-m", "flows.cli"]
     batch = ["--batch-size", str(args.batch_size), "--no-progress"]
-
     jobs = ("protect", "audit") if args.jobs == "both" else (args.jobs,)
-    figures = {"images": args.images, "batch_size": args.batch_size}
-    figures["protect_cli"] = run_cli([*hcr, "protect", str(source), "--out", str(store), "--archive", "bench", *batch], env)
+    figures: dict = {"images": args.images, "batch_size": args.batch_size}
+
+    # Each CLI round writes to its own folder: a rerun into the same one would skip every finished shard.
+    def protect_cli(round_index: int) -> dict:
+        out = store if round_index == 0 else args.workdir / f"store-{round_index}"
+        return run_cli([*hcr, "protect", str(source), "--out", str(out), "--archive", "bench", *batch], env)
+
+    def audit_cli(round_index: int) -> dict:
+        out = results if round_index == 0 else args.workdir / f"audit-{round_index}"
+        return run_cli([*hcr, "audit", str(edited), "--registry", str(store), "--out", str(out), "--archive", "bench", *batch], env)
+
     if "protect" in jobs:
-        figures["protect_bare"] = bare_loop(source, "protect", args.batch_size, None)
+        figures["protect"] = report(
+            "protect", args.images, time_job("protect", args.rounds, protect_cli, lambda: bare_loop(source, "protect", args.batch_size, None))
+        )
+    else:
+        protect_cli(0)
     if "audit" in jobs:
         figures["edited"] = edit_share(store / "protected" / "bench", edited, args.seed)
-        figures["audit_cli"] = run_cli(
-            [*hcr, "audit", str(edited), "--registry", str(store), "--out", str(results), "--archive", "bench", *batch], env
-        )
-        figures["audit_bare"] = bare_loop(edited, "audit", args.batch_size, store)
-
-    for job in jobs:
-        cli, bare = figures[f"{job}_cli"], figures[f"{job}_bare"]
-        cli["images_per_s"] = args.images / cli["seconds"]
-        bare["images_per_s"] = args.images / bare["seconds"]
-        figures[f"{job}_overhead"] = cli["seconds"] / bare["seconds"] - 1.0
-        # Start-up and shutdown: the CLI's wall time outside the shards' processing.
-        fixed = cli["seconds"] - cli.get("processing_seconds", float("nan"))
-        print(
-            f"{job}: CLI {cli['images_per_s']:.2f} images/s, bare loop {bare['images_per_s']:.2f} images/s, "
-            f"overhead {figures[f'{job}_overhead']:+.1%} (CLI start-up and shutdown {fixed:.1f} s); "
-            f"peak RSS driver {cli['driver_peak_rss_mb']:.0f} MB, largest worker {cli['worker_peak_rss_mb']:.0f} MB"
+        figures["audit"] = report(
+            "audit", args.images, time_job("audit", args.rounds, audit_cli, lambda: bare_loop(edited, "audit", args.batch_size, store))
         )
     print(json.dumps(figures, indent=2))
     return 0

@@ -1,4 +1,4 @@
-"""Local Ray start-up retries (flows.runtime._start_local_ray)."""
+"""Local Ray start-up retries and the head start of Ray, Prefect and the actors (flows.runtime)."""
 
 import pytest
 import ray
@@ -65,3 +65,25 @@ def test_head_start_skips_server_with_api_url(ray_local, prefect_harness, monkey
     with runtime.head_start(RayOptions(), lambda local: None):
         pass
     assert started == []
+
+
+def test_server_launched_before_ray(ray_local, monkeypatch):
+    from prefect.settings import temporary_settings
+
+    from flows.prefect_server import TemporaryServer
+
+    # The server process itself is not started here: the order of the steps is what is checked.
+    steps = []
+    monkeypatch.setattr(TemporaryServer, "start", lambda self: steps.append("server launched"))
+    monkeypatch.setattr(TemporaryServer, "wait_ready", lambda self, timeout_s: steps.append("server ready"))
+    real_session = runtime.ray_session
+
+    def recording_session(options):
+        steps.append("ray")
+        return real_session(options)
+
+    monkeypatch.setattr(runtime, "ray_session", recording_session)
+    with temporary_settings(updates={"api.url": None}):
+        with runtime.head_start(RayOptions(), lambda local: steps.append(f"actors local={local}")):
+            steps.append("flow")
+    assert steps == ["server launched", "ray", "actors local=True", "server ready", "flow"]
