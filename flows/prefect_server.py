@@ -69,9 +69,9 @@ class TemporaryServer:
         self.process = subprocess.Popen(command, env=env)
         # Lower the server's CPU priority (nice 10) while it imports Prefect's
         # server code, so that on a small machine Ray and the actors, which
-        # the first shard waits for, come up first. A machine with idle cores
-        # sees no difference. The child has not started a thread yet, so
-        # its main thread's priority is inherited by all of them.
+        # the first shard waits for, come up first. On a machine with idle
+        # cores this changes nothing. The child has started no thread yet,
+        # so all its threads inherit this priority.
         with contextlib.suppress(OSError):
             os.setpriority(os.PRIO_PROCESS, self.process.pid, SERVER_NICENESS)
 

@@ -100,9 +100,9 @@ def head_start(options: RayOptions, prestart_pool: Callable[[bool], None] | None
     from actors.pool import discard_prestarted
 
     # The server spends about 12 s of one core importing Prefect's server
-    # code; Ray's start-up and the actors' model loading fill the other core
-    # meanwhile. Measured on 2 cores: server, Ray and one actor ready after
-    # 20 s this way, 27 s with Ray started first (see docs/BENCHMARKS.md).
+    # code, and Ray's start-up and the actors' model loading fill the other
+    # core meanwhile. On 2 cores, server, Ray and one actor were up after
+    # 15-17 s this way and 27 s with Ray first (scripts/bench_startup.py).
     with contextlib.ExitStack() as stack:
 
         def start_ray_and_actors() -> None:

@@ -32,7 +32,7 @@ def test_release_returns_freed_heap_pages():
     freed = _rss_mb()
     release_free_memory()
     released = freed - _rss_mb()
-    # 3000 x 60 kB = 172 MB were freed. Without the trim glibc keeps almost
-    # all of it (2 MB returned in a trial); with it about 90 MB leave.
+    # 3000 x 60 kB = 172 MB were freed. Without the trim glibc kept all of it
+    # in a trial (0 MB returned), and with it about 90 MB left.
     assert released > 50, f"only {released:.0f} MB returned to the OS"
     assert len(survivors) == 3000

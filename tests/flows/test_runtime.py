@@ -83,7 +83,9 @@ def test_server_launched_before_ray(ray_local, monkeypatch):
         return real_session(options)
 
     monkeypatch.setattr(runtime, "ray_session", recording_session)
-    with temporary_settings(updates={"api.url": None}):
-        with runtime.head_start(RayOptions(), lambda local: steps.append(f"actors local={local}")):
-            steps.append("flow")
+    with (
+        temporary_settings(updates={"api.url": None}),
+        runtime.head_start(RayOptions(), lambda local: steps.append(f"actors local={local}")),
+    ):
+        steps.append("flow")
     assert steps == ["server launched", "ray", "actors local=True", "server ready", "flow"]
