@@ -55,10 +55,14 @@ def run_protect(config: ProtectConfig) -> RunSummary:
     prepare_environment(config.ray, config.prefect)
     _check_weights(config)
     _check_key(config.model, create=True)
+
     def prestart(local: bool) -> None:
         from actors.pool import prestart_protect_pool
+        from flows.ahead import try_ahead
+        from flows.protect_flow import start_ahead
 
         prestart_protect_pool(config.ray, config.model, local)
+        try_ahead(lambda: start_ahead(config))
 
     with prefect_settings(config.prefect), head_start(config.ray, prestart):
         from flows.protect_flow import protect_flow
@@ -70,10 +74,20 @@ def run_audit(config: AuditConfig) -> RunSummary:
     prepare_environment(config.ray, config.prefect)
     _check_key(config.model, create=False)
     _check_weights(config)
+    # Fix the sweep id now: the shards started ahead and the flow must agree
+    # on it even when the UTC date changes in between.
+    from flows.audit_flow import sweep_identity
+
+    archive, sweep_id = sweep_identity(config)
+    config = config.model_copy(update={"archive": archive, "sweep_id": sweep_id})
+
     def prestart(local: bool) -> None:
         from actors.pool import prestart_audit_pool
+        from flows.ahead import try_ahead
+        from flows.audit_flow import start_ahead
 
         prestart_audit_pool(config.ray, config.model, local, config.registry, config.storage)
+        try_ahead(lambda: start_ahead(config))
 
     with prefect_settings(config.prefect), head_start(config.ray, prestart):
         from flows.audit_flow import audit_flow

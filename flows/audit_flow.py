@@ -15,8 +15,8 @@ from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
 from actors.pool import start_audit_pool
+from flows import ahead, paths, storage
 from flows import manifest as manifest_module
-from flows import paths, storage
 from flows.fanout import fan_out
 from flows.listing import list_archive
 from flows.manifest import Manifest, ManifestInfo
@@ -35,6 +35,12 @@ def sweep_identity(config: AuditConfig, now: datetime.datetime | None = None) ->
 
 @task(name="hcr-plan-audit", cache_policy=NO_CACHE)
 def plan_audit(config: AuditConfig, archive: str, sweep_id: str) -> Manifest:
+    """Return the manifest planned ahead of the flow, else plan it now (see `plan_sweep`)."""
+    planned = ahead.take_manifest("audit", sweep_id)
+    return planned if planned is not None else plan_sweep(config, archive, sweep_id)
+
+
+def plan_sweep(config: AuditConfig, archive: str, sweep_id: str) -> Manifest:
     """List the archive into the sweep's manifest, or load the manifest of an earlier run."""
     fs, root = storage.open_url(config.source, config.storage)
     now = datetime.datetime.now(datetime.UTC)
@@ -50,6 +56,19 @@ def plan_audit(config: AuditConfig, archive: str, sweep_id: str) -> Manifest:
     path = paths.manifest_path(paths.sweep_state(config.dest, sweep_id))
     manifest, _ = manifest_module.load_or_plan(path, info, lambda: list_archive(config.source, config.storage), config.storage)
     return manifest
+
+
+def start_ahead(config: AuditConfig) -> None:
+    """Plan the sweep and start its first unfinished shards on the prestarted actors (flows.ahead).
+
+    `config` must carry its archive and sweep id (`sweep_identity`), so that
+    the flow, started later, plans the same sweep.
+    """
+    archive, sweep_id = sweep_identity(config)
+    manifest = plan_sweep(config, archive, sweep_id)
+    ahead.keep_manifest("audit", sweep_id, manifest)
+    specs = audit_specs(config, archive, sweep_id, manifest)
+    ahead.start_first_shards("audit", specs, paths.sweep_state(config.dest, sweep_id), config.storage)
 
 
 def audit_specs(config: AuditConfig, archive: str, sweep_id: str, manifest: Manifest) -> list[ShardSpec]:
@@ -85,8 +104,8 @@ def audit_flow(config: AuditConfig) -> RunSummary:
     manifest = plan_audit(config, archive, sweep_id)
     specs = audit_specs(config, archive, sweep_id, manifest)
     done = done_shards(paths.sweep_state(config.dest, sweep_id), config.storage)
-    skipped = [read_stats(spec) for spec in specs if spec.shard in done]
-    todo = [spec for spec in specs if spec.shard not in done]
+    finished_before, todo = ahead.split_done("audit", specs, done)
+    skipped = [read_stats(spec) for spec in finished_before]
     run_logger.info("audit sweep %s: %d shards, %d already done, %d to run", sweep_id, len(specs), len(skipped), len(todo))
 
     finished, failed, warnings = [], {}, []
@@ -95,7 +114,9 @@ def audit_flow(config: AuditConfig) -> RunSummary:
         with ray_session(config.ray) as local:
             pool = start_audit_pool(config.ray, config.model, local, config.registry, config.storage)
             try:
-                fan_out_start = time.perf_counter()
+                # Shards started ahead of the flow began processing earlier.
+                fan_out_start = pool.ahead_since or time.perf_counter()
+                start = min(start, fan_out_start)
                 finished, failed, warnings = fan_out(pool, todo, config.progress, config.limits.key_mismatch_fraction, run_logger)
                 processing_seconds = time.perf_counter() - fan_out_start
             finally:

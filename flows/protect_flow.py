@@ -14,8 +14,8 @@ from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
 from actors.pool import start_protect_pool
+from flows import ahead, paths, storage
 from flows import manifest as manifest_module
-from flows import paths, storage
 from flows.fanout import fan_out
 from flows.labels import load_labels
 from flows.listing import list_archive
@@ -26,8 +26,19 @@ from flows.summary import RunSummary, summarize
 from schemas.config import ProtectConfig
 
 
+def protect_archive(config: ProtectConfig) -> str:
+    """Return the archive name with its default applied and validated."""
+    return paths.check_name(config.archive or paths.default_archive(config.source), "archive name")
+
+
 @task(name="hcr-plan-protect", cache_policy=NO_CACHE)
 def plan_protect(config: ProtectConfig, archive: str) -> Manifest:
+    """Return the manifest planned ahead of the flow, else plan it now (see `plan_archive`)."""
+    planned = ahead.take_manifest("protect", archive)
+    return planned if planned is not None else plan_archive(config, archive)
+
+
+def plan_archive(config: ProtectConfig, archive: str) -> Manifest:
     """List the archive into a manifest, or load the existing one and add new images."""
     fs, root = storage.open_url(config.source, config.storage)
     now = datetime.datetime.now(datetime.UTC)
@@ -45,6 +56,15 @@ def plan_protect(config: ProtectConfig, archive: str) -> Manifest:
         path, info, lambda: list_archive(config.source, config.storage), config.storage, extend_existing=True
     )
     return manifest
+
+
+def start_ahead(config: ProtectConfig) -> None:
+    """Plan the archive and start its first unfinished shards on the prestarted actors (flows.ahead)."""
+    archive = protect_archive(config)
+    manifest = plan_archive(config, archive)
+    ahead.keep_manifest("protect", archive, manifest)
+    specs = protect_specs(config, archive, manifest)
+    ahead.start_first_shards("protect", specs, paths.protect_state(config.dest, archive), config.storage)
 
 
 def protect_specs(config: ProtectConfig, archive: str, manifest: Manifest) -> list[ShardSpec]:
@@ -79,13 +99,13 @@ def protect_flow(config: ProtectConfig) -> RunSummary:
     """Protect every image of an archive and write the registry."""
     run_logger = get_run_logger()
     start = time.perf_counter()
-    archive = paths.check_name(config.archive or paths.default_archive(config.source), "archive name")
+    archive = protect_archive(config)
 
     manifest = plan_protect(config, archive)
     specs = protect_specs(config, archive, manifest)
     done = done_shards(paths.protect_state(config.dest, archive), config.storage)
-    skipped = [read_stats(spec) for spec in specs if spec.shard in done]
-    todo = [spec for spec in specs if spec.shard not in done]
+    finished_before, todo = ahead.split_done("protect", specs, done)
+    skipped = [read_stats(spec) for spec in finished_before]
     run_logger.info("protect %s: %d shards, %d already done, %d to run", archive, len(specs), len(skipped), len(todo))
 
     finished, failed, warnings = [], {}, []
@@ -94,7 +114,9 @@ def protect_flow(config: ProtectConfig) -> RunSummary:
         with ray_session(config.ray) as local:
             pool = start_protect_pool(config.ray, config.model, local)
             try:
-                fan_out_start = time.perf_counter()
+                # Shards started ahead of the flow began processing earlier.
+                fan_out_start = pool.ahead_since or time.perf_counter()
+                start = min(start, fan_out_start)
                 finished, failed, warnings = fan_out(pool, todo, config.progress, config.limits.key_mismatch_fraction, run_logger)
                 processing_seconds = time.perf_counter() - fan_out_start
             finally:

@@ -93,11 +93,12 @@ def head_start(options: RayOptions, prestart_pool: Callable[[bool], None] | None
     models. Here the temporary server (when no Prefect API URL is set, see
     `temporary_prefect_api`) is launched first, in its own process, and Ray
     and the actors (`prestart_pool(local)`) start while it imports Prefect's
-    server code. The flow's own `ray_session` and `start_*_pool` then find
-    them up. On exit the server is stopped, unused actors are killed and Ray
-    is shut down.
+    server code; `prestart_pool` may also start the first shards on them
+    (`flows.ahead`). The flow's own `ray_session` and `start_*_pool` then
+    find them up. On exit the server is stopped, unused actors and plans are
+    discarded and Ray is shut down.
     """
-    from actors.pool import discard_prestarted
+    from flows.ahead import discard
 
     # The server spends about 12 s of one core importing Prefect's server
     # code, and Ray's start-up and the actors' model loading fill the other
@@ -107,7 +108,7 @@ def head_start(options: RayOptions, prestart_pool: Callable[[bool], None] | None
 
         def start_ray_and_actors() -> None:
             local = stack.enter_context(ray_session(options))
-            stack.callback(discard_prestarted)
+            stack.callback(discard)
             if prestart_pool is not None:
                 prestart_pool(local)
 

@@ -36,8 +36,7 @@ def bring_up(order: str) -> float:
         if order == "ray-first":
             server.start()
         pool.prestart_protect_pool(options, ModelOptions(), local)
-        actors = pool._PRESTARTED.pop(pool.ProtectWorker.__name__)
-        ready = pool._wait_ready(pool.ProtectWorker, actors)
+        ready = pool.start_protect_pool(options, ModelOptions(), local)
         server.wait_ready(90)
         seconds = time.perf_counter() - start
         ready.shutdown()

@@ -2,6 +2,7 @@
 
 import datetime
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -150,11 +151,11 @@ def test_prestarted_actors_are_adopted(ray_local):
     from actors import pool as pool_module
 
     pool_module.prestart_protect_pool(RayOptions(num_actors=1), ModelOptions(), local=True)
-    prestarted = pool_module._PRESTARTED["ProtectWorker"]
+    prestarted = pool_module._PRESTARTED["protect"].actors
     pool = pool_module.start_protect_pool(RayOptions(num_actors=1), ModelOptions(), local=True)
     try:
         assert pool.actors is prestarted
-        assert "ProtectWorker" not in pool_module._PRESTARTED
+        assert "protect" not in pool_module._PRESTARTED
     finally:
         pool.shutdown()
 
@@ -164,17 +165,52 @@ def test_unadopted_actors_are_killed(ray_local):
     from actors import pool as pool_module
 
     pool_module.prestart_protect_pool(RayOptions(num_actors=1), ModelOptions(), local=True)
-    actor = pool_module._PRESTARTED["ProtectWorker"][0]
+    actor = pool_module._PRESTARTED["protect"].actors[0]
     pool_module.discard_prestarted()
     assert pool_module._PRESTARTED == {}
     with pytest.raises(ray_local.exceptions.RayActorError):
         ray_local.get(actor.describe.remote(), timeout=120)
 
 
+@needs_weights
+def test_shard_started_ahead_is_collected_not_rerun(ray_local, tmp_path, photos_dir):
+    """A shard sent before the pool exists keeps its actor busy, and its result is handed over once."""
+    from actors import pool as pool_module
+
+    source = tmp_path / "photos"
+    source.mkdir()
+    for name in ("chelsea.jpg", "coffee.png"):
+        shutil.copy(photos_dir / name, source / name)
+    specs = _specs("protect", str(source), str(tmp_path / "prot"))
+    marker = Path(specs[0].done_url)
+
+    options = RayOptions(num_actors=1)
+    pool_module.prestart_protect_pool(options, ModelOptions(), local=True)
+    assert pool_module.run_ahead("protect", specs) == [0]
+    assert pool_module.ahead_shards("protect") == {0}
+    deadline = time.monotonic() + 180
+    while not marker.is_file():  # the shard runs before any pool exists
+        assert time.monotonic() < deadline, f"{marker} not written within 180 s"
+        time.sleep(0.05)
+    written = marker.stat().st_mtime_ns
+
+    pool = pool_module.start_protect_pool(options, ModelOptions(), local=True)
+    try:
+        assert pool.ahead_since is not None
+        assert pool._idle.qsize() == 0  # the only actor still belongs to shard 0
+        first = pool.run_shard(specs[0])
+        assert (first.shard, first.images) == (0, 1)
+        assert marker.stat().st_mtime_ns == written  # collected, not run a second time
+        assert pool._idle.qsize() == 1
+        second = pool.run_shard(specs[1])
+        assert (second.shard, second.images) == (1, 1)
+    finally:
+        pool.shutdown()
+    assert pool_module.ahead_shards("protect") == set()
+
+
 def _wait_for_file(folder, timeout: float) -> None:
     """Return once `folder` contains a file, or fail after `timeout` seconds."""
-    import time
-
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if folder.is_dir() and any(path.is_file() for path in folder.rglob("*")):

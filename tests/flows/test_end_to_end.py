@@ -193,6 +193,15 @@ def test_rows_carry_identity(pipeline):
     assert (row["width"], row["height"]) == (451, 300)
 
 
+@pytest.mark.parametrize("run", ["protect", "audit"])
+def test_first_run_counts_every_shard_as_run(pipeline, run):
+    """The shards started ahead of the flow are this run's work, not shards found done."""
+    summary = pipeline[run]
+    assert summary.shards_total > 1
+    assert summary.shards_skipped == 0
+    assert summary.shards_run == summary.shards_total
+
+
 def test_rerun_skips_every_shard(pipeline):
     rerun = pipeline["rerun"]
     assert rerun.shards_run == 0
