@@ -1,8 +1,10 @@
 """Fan shards out to the actor pool as Prefect tasks, with a progress bar.
 
-At most one task per actor is in flight: a Prefect task borrows an idle actor
-for its shard, so more would only wait. A failed shard is recorded and the
-others go on; its missing marker makes the next run redo it.
+A Prefect task borrows an idle actor for its shard. One task more than there
+are actors is in flight: it waits for the next free actor, so Prefect's
+bookkeeping for a task run (its API calls) happens while the actors work
+instead of between two shards. A failed shard is recorded and the others go
+on; its missing marker makes the next run redo it.
 """
 
 import logging
@@ -43,7 +45,7 @@ def fan_out(
     run_logger: logging.Logger | logging.LoggerAdapter = logger,
 ) -> tuple[list[ShardStats], dict[int, str], list[str]]:
     """Run every shard; return (stats of finished shards, failed shard -> error, warnings)."""
-    window = max(1, len(pool.actors))
+    window = len(pool.actors) + 1
     pending = list(reversed(specs))  # pop() from the end keeps manifest order
     in_flight = {}
     finished: list[ShardStats] = []

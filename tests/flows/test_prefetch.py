@@ -36,17 +36,45 @@ def test_prefetched_raises_the_source_error_in_place():
 
 
 def test_closing_early_stops_the_producer():
-    def source():
-        index = 0
-        while True:
-            yield index
-            index += 1
+    produced = []
 
-    before = threading.active_count()
+    def source():
+        while True:
+            produced.append(len(produced))
+            yield produced[-1]
+
     stream = prefetched(source(), depth=1)
     assert next(stream) == 0
     stream.close()
-    assert threading.active_count() == before
+    count = len(produced)
+    time.sleep(0.2)
+    assert len(produced) == count <= 3
+
+
+def test_shards_reuse_the_helper_threads():
+    """One shard after another runs on the same reader and writer threads (and their malloc arenas)."""
+
+    # Thread objects, not idents: an ident can be reused by a later thread.
+    def reader_threads() -> set[threading.Thread]:
+        def source():
+            yield threading.current_thread()
+
+        return set(prefetched(source()))
+
+    def writer_threads() -> set[threading.Thread]:
+        writer: OrderedWriter[threading.Thread] = OrderedWriter()
+        writer.submit(threading.current_thread)
+        writer.submit(threading.current_thread)
+        return set(writer.results())
+
+    assert reader_threads() == reader_threads()
+    assert writer_threads() == writer_threads()
+    assert len(writer_threads()) == 1
+
+
+def test_generators_consumed_side_by_side():
+    pairs = list(zip(prefetched(iter(range(50)), depth=1), prefetched(iter(range(50)), depth=1), strict=True))
+    assert pairs == [(index, index) for index in range(50)]
 
 
 def test_writer_keeps_submission_order():
