@@ -55,7 +55,7 @@ class AheadShard:
 
 
 class ActorPool:
-    """A fixed set of actors; `lease()` lends an idle one to the caller's thread.
+    """A fixed set of actors, of which `lease()` lends an idle one to the caller's thread.
 
     Actors running a shard started ahead of the flow (`run_ahead`) join the
     idle queue once the flow's task for that shard has collected the result.
@@ -63,13 +63,16 @@ class ActorPool:
 
     def __init__(self, actors: list, ahead: dict[int, AheadShard] | None = None, ahead_since: float | None = None):
         self.actors = actors
-        self.ahead_since = ahead_since  # time.perf_counter() of the first shard started ahead, if any
+        # time.perf_counter() when the first shards were sent ahead, if any.
+        # NOTE: the actors may still be loading their models then, so a run's
+        # processing time includes that loading (2-3 s on 2 cores).
+        self.ahead_since = ahead_since
         self._ahead = dict(ahead or {})
         self._ahead_lock = threading.Lock()
         self._idle: queue.Queue = queue.Queue()
-        busy = [started.actor for started in self._ahead.values()]
+        busy = {id(started.actor) for started in self._ahead.values()}
         for actor in actors:
-            if not any(actor is other for other in busy):
+            if id(actor) not in busy:
                 self._idle.put(actor)
 
     @contextlib.contextmanager
@@ -89,7 +92,7 @@ class ActorPool:
                     return ray.get(started.result)
                 # The flow planned this shard differently (the archive changed
                 # in between): let the early call end, then run the flow's spec.
-                logger.warning("shard %d started ahead with other entries; running it again", spec.shard)
+                logger.warning("shard %d was started ahead with other entries, so it runs again with the flow's entries", spec.shard)
                 ray.wait([started.result], num_returns=1)
             finally:
                 self._idle.put(started.actor)
@@ -187,7 +190,7 @@ def prestart_audit_pool(
 
 
 def run_ahead(kind: str, specs: list[ShardSpec]) -> list[int]:
-    """Send the first of `specs` to the prestarted `kind` actors, one each; return their shard numbers.
+    """Send the first of `specs` to the prestarted `kind` actors, one each, and return their shard numbers.
 
     The actors start them once their models are loaded, even before the
     flow exists. The pool that adopts these actors hands each result to the
@@ -204,7 +207,7 @@ def run_ahead(kind: str, specs: list[ShardSpec]) -> list[int]:
 
 
 def ahead_shards(kind: str) -> set[int]:
-    """Shard numbers of the `kind` run that were started ahead of its flow in this process."""
+    """Return the shard numbers of the `kind` run that were started ahead of its flow in this process."""
     prestarted = _PRESTARTED.get(kind)
     return set(prestarted.ahead) if prestarted else set()
 

@@ -1,10 +1,10 @@
 """Shards started before their flow, while Prefect's temporary server comes up.
 
 `flows.runtime.head_start` starts Ray and the actors while the temporary
-server imports Prefect's server code, about 12 s of one core here. Rather
-than leave the loaded actors idle until the flow's first task, the run is
-planned right away (the same manifest the flow then uses) and the first
-unfinished shard goes to each actor. The flow counts these shards as
+server imports Prefect's server code (about 12 s of one core, measured on a
+2-core machine). Rather than leave the loaded actors idle until the flow's
+first task, the run is planned right away (the same manifest the flow then
+uses) and the first unfinished shard goes to each actor. The flow counts these shards as
 running, not done, and its tasks for them collect the results
 (`actors.pool.ActorPool.run_shard`).
 
@@ -17,6 +17,7 @@ from collections.abc import Callable
 from actors.pool import ahead_shards, discard_prestarted, run_ahead
 from flows.manifest import Manifest
 from flows.shard import ShardSpec, done_shards
+from schemas.config import StorageOptions
 
 logger = logging.getLogger(__name__)
 
@@ -26,6 +27,7 @@ _PLANNED: dict[tuple[str, str], Manifest] = {}
 
 
 def keep_manifest(kind: str, run_id: str, manifest: Manifest) -> None:
+    """Store the manifest planned ahead for this run, for the flow's plan task."""
     _PLANNED[(kind, run_id)] = manifest
 
 
@@ -34,9 +36,12 @@ def take_manifest(kind: str, run_id: str) -> Manifest | None:
     return _PLANNED.pop((kind, run_id), None)
 
 
-def start_first_shards(kind: str, specs: list[ShardSpec], state: str, storage) -> list[int]:
-    """Send the first unfinished shards to the prestarted actors; return their numbers."""
-    done = done_shards(state, storage)
+def start_first_shards(kind: str, specs: list[ShardSpec], state: str, options: StorageOptions) -> list[int]:
+    """Send the first unfinished shards to the prestarted actors and return their numbers.
+
+    `state` is the URL of the run's state folder, which contains the done markers.
+    """
+    done = done_shards(state, options)
     started = run_ahead(kind, [spec for spec in specs if spec.shard not in done])
     if started:
         logger.info("started %s shards %s ahead of the flow", kind, started)
@@ -44,7 +49,7 @@ def start_first_shards(kind: str, specs: list[ShardSpec], state: str, storage) -
 
 
 def split_done(kind: str, specs: list[ShardSpec], done: set[int]) -> tuple[list[ShardSpec], list[ShardSpec]]:
-    """Split specs into (finished before this run, to run). Shards started ahead count as to run.
+    """Split specs into (finished before this run, to run), counting shards started ahead as to run.
 
     A shard started ahead may have written its done marker by the time the
     flow looks. It is still this run's work, and its task collects it.
@@ -56,15 +61,19 @@ def split_done(kind: str, specs: list[ShardSpec], done: set[int]) -> tuple[list[
 
 
 def try_ahead(start: Callable[[], object]) -> None:
-    """Run `start()`; on failure, leave the work to the flow, which reports the same error in context."""
+    """Run `start()`, and on failure leave the planning to the flow.
+
+    The flow plans again and raises the same error inside its run, where the
+    user sees it, so here it is only logged.
+    """
     try:
         start()
-    except Exception as error:  # the flow plans again and raises with its own message
+    except Exception as error:  # noqa: BLE001 - raised again by the flow's own plan task
         logger.info("no shards started ahead of the flow: %s: %s", type(error).__name__, error)
         _PLANNED.clear()
 
 
 def discard() -> None:
-    """Forget unused plans and kill actors that no flow adopted (at the end of a head start)."""
+    """Forget unused plans and kill the actors that no flow adopted, at the end of a head start."""
     _PLANNED.clear()
     discard_prestarted()

@@ -114,7 +114,7 @@ def audit_flow(config: AuditConfig) -> RunSummary:
         with ray_session(config.ray) as local:
             pool = start_audit_pool(config.ray, config.model, local, config.registry, config.storage)
             try:
-                # Shards started ahead of the flow began processing earlier.
+                # Shards started ahead of the flow began earlier, so processing counts from their dispatch.
                 fan_out_start = pool.ahead_since or time.perf_counter()
                 start = min(start, fan_out_start)
                 finished, failed, warnings = fan_out(pool, todo, config.progress, config.limits.key_mismatch_fraction, run_logger)

@@ -1,10 +1,10 @@
 """Fan shards out to the actor pool as Prefect tasks, with a progress bar.
 
-A Prefect task borrows an idle actor for its shard. One task more than there
-are actors is in flight: it waits for the next free actor, so Prefect's
-bookkeeping for a task run (its API calls) happens while the actors work
-instead of between two shards. A failed shard is recorded and the others go
-on; its missing marker makes the next run redo it.
+A Prefect task borrows an idle actor for its shard. The fan-out keeps one
+task more than there are actors in flight. That task waits for the next free
+actor, so Prefect's API calls for a new task run happen while the actors
+work instead of between two shards. A failed shard is recorded and the
+others go on. Its missing marker makes the next run redo it.
 """
 
 import logging

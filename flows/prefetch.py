@@ -5,11 +5,12 @@ thread. Decoding the next images and encoding the last outputs (Pillow, which
 releases the GIL) can run beside them in one helper thread each, so the
 pipeline costs little more than the bare model loop.
 
-The helper threads live as long as the process and serve every shard. Each
-thread allocates from its own glibc malloc arena. With new threads for each
-shard, a Ray actor's heap grew by about 40 MB per shard while its live
-memory stayed the same. The freed memory sat in arenas the next shard's
-threads did not use, until glibc's limit of 8 arenas per core was reached.
+The helper threads live as long as the process and serve every shard,
+because glibc gives each thread a malloc arena. With new threads for each
+shard, a Ray actor's heap grew by about 40 MB per shard while the memory in
+use stayed the same: the freed memory sat in arenas that the next shard's
+threads did not use. glibc caps the arenas at 8 per core by default
+(M_ARENA_MAX in mallopt(3)), which is probably why that growth levelled off.
 """
 
 import logging
@@ -25,10 +26,10 @@ T = TypeVar("T")
 
 _END = object()
 
-# Idle threads are reused, so one shard after another runs on the same two
-# threads. The reader pool has spare threads for generators consumed side by
-# side, whose producers would otherwise wait for each other. One writer
-# thread keeps the writes of a shard in sequence.
+# An executor reuses an idle thread, so consecutive shards run on the same
+# reader and writer threads. The spare reader threads serve generators
+# consumed side by side, whose producers would otherwise wait for each other.
+# A single writer thread keeps a shard's writes in submission order.
 _READERS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="hcr-prefetch")
 _WRITERS = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hcr-writer")
 

@@ -93,7 +93,7 @@ def head_start(options: RayOptions, prestart_pool: Callable[[bool], None] | None
     models. Here the temporary server (when no Prefect API URL is set, see
     `temporary_prefect_api`) is launched first, in its own process, and Ray
     and the actors (`prestart_pool(local)`) start while it imports Prefect's
-    server code; `prestart_pool` may also start the first shards on them
+    server code. `prestart_pool` may also start the first shards on them
     (`flows.ahead`). The flow's own `ray_session` and `start_*_pool` then
     find them up. On exit the server is stopped, unused actors and plans are
     discarded and Ray is shut down.

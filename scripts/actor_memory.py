@@ -48,7 +48,7 @@ class MeasuredAuditWorker(AuditWorker):
             status = dict(line.split(":", 1) for line in handle)
         return {
             "rss_anon_mb": int(status["RssAnon"].split()[0]) // 1024,
-            "heap_mb": heap.arena >> 20,  # from brk and arena mmaps, every arena
+            "heap_mb": heap.arena >> 20,  # all arenas, from brk and mmap
             "heap_in_use_mb": heap.uordblks >> 20,
             "heap_free_mb": heap.fordblks >> 20,
             "large_mmap_mb": heap.hblkhd >> 20,

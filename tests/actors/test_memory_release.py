@@ -34,5 +34,8 @@ def test_release_returns_freed_heap_pages():
     released = freed - _rss_mb()
     # 3000 x 60 kB = 172 MB were freed. Without the trim glibc kept all of it
     # in a trial (0 MB returned), and with it about 90 MB left.
+    # NOTE: RSS is process-wide, so threads of earlier tests (Ray, Prefect)
+    # that allocate meanwhile can hide the release: this failed once in five
+    # full-suite runs and passed when repeated.
     assert released > 50, f"only {released:.0f} MB returned to the OS"
     assert len(survivors) == 3000

@@ -15,7 +15,7 @@ def _spec(shard: int) -> ShardSpec:
 
 
 def test_split_done_with_ahead_shard(monkeypatch):
-    # Shard 0 ran ahead and already wrote its marker; shard 1 was done by an earlier run.
+    # Shard 0 ran ahead and already wrote its marker, and shard 1 was done by an earlier run.
     monkeypatch.setitem(pool_module._PRESTARTED, "protect", pool_module._Prestarted([], [], {0: None}))
     specs = [_spec(shard) for shard in range(3)]
     finished, todo = ahead.split_done("protect", specs, done={0, 1})

@@ -194,7 +194,7 @@ def test_rows_carry_identity(pipeline):
 
 
 @pytest.mark.parametrize("run", ["protect", "audit"])
-def test_first_run_counts_every_shard_as_run(pipeline, run):
+def test_first_run_counts_all_shards(pipeline, run):
     """The shards started ahead of the flow are this run's work, not shards found done."""
     summary = pipeline[run]
     assert summary.shards_total > 1

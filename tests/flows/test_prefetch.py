@@ -48,10 +48,11 @@ def test_closing_early_stops_the_producer():
     stream.close()
     count = len(produced)
     time.sleep(0.2)
-    assert len(produced) == count <= 3
+    assert len(produced) == count
+    assert count <= 3
 
 
-def test_shards_reuse_the_helper_threads():
+def test_shards_reuse_helper_threads():
     """One shard after another runs on the same reader and writer threads (and their malloc arenas)."""
 
     # Thread objects, not idents: an ident can be reused by a later thread.
@@ -72,7 +73,7 @@ def test_shards_reuse_the_helper_threads():
     assert len(writer_threads()) == 1
 
 
-def test_generators_consumed_side_by_side():
+def test_side_by_side_generators():
     pairs = list(zip(prefetched(iter(range(50)), depth=1), prefetched(iter(range(50)), depth=1), strict=True))
     assert pairs == [(index, index) for index in range(50)]
 
