@@ -555,3 +555,11 @@ def load_tokenizer(path_or_version: str | Path = DEFAULT_VERSION, device: str | 
     model.ema_initialized.fill_(True)
     logger.debug("loaded tokenizer from %s", path)
     return model.to(device).eval().requires_grad_(False)
+
+
+def tokenizer_metadata(path_or_version: str | Path = DEFAULT_VERSION) -> dict:
+    """Return the metadata a tokenizer weight file stores (training options such as ``distill``, steps, minutes)."""
+    path = _resolve(path_or_version)
+    if not path.is_file():
+        raise FileNotFoundError(f"tokenizer weights not found: {path}")
+    return dict(torch.load(path, map_location="cpu", weights_only=True).get("metadata", {}))

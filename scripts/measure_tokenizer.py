@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
+from hcr_model.imaging import to_canonical
 from hcr_model.tokenizer import MultiScaleVQ, load_tokenizer
 
 FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "photos"
@@ -33,8 +33,8 @@ def _read(path: Path) -> torch.Tensor:
 
 
 def _canonical(photo: torch.Tensor, resolution: int) -> torch.Tensor:
-    x = F.interpolate(photo[None], size=(resolution, resolution), mode="bilinear", align_corners=False, antialias=True)
-    return x[0].clamp(0, 1)
+    """Squash a photo to R × R with the audit's own resize (antialiased bicubic), so figures match `hcr bench`."""
+    return to_canonical(photo[None], resolution)[0]
 
 
 def _psnr(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -6,6 +6,13 @@ scale: the share of codebook entries used, and the perplexity of the token
 histogram, exp of its entropy in nats. The perplexity is at most the
 codebook size, and 1 for a collapsed scale. With few images the use is bounded by the token count,
 which each row states.
+
+On the test split (full suite) the section also probes the hidden code for
+semantics (`code_probe`): category probes fitted on the train split's tiles
+and scored on the test photos' centre tiles, for the bench's tokenizer and
+for each of `probe_controls`. A control trained with `--no-distill` shows
+what distillation adds. Last, encode + decode images/s on the bench's
+threads.
 """
 
 from __future__ import annotations
@@ -15,7 +22,9 @@ import logging
 import numpy as np
 import torch
 
+from hcr_model.bench import code_probe
 from hcr_model.bench.measure_context import BATCH, BenchContext, canonical_stack, mean_of
+from hcr_model.bench.measure_speed import images_per_second
 from hcr_model.bench.metrics import psnr, ssim
 
 logger = logging.getLogger(__name__)
@@ -65,8 +74,47 @@ def measure(ctx: BenchContext) -> dict:
                 "perplexity": perplexity(counts[k]),
             }
         )
+    notes = [f"codebook of {config.codebook_size} entries per scale; PSNR/SSIM of the first k scales decoded"]
+    probes = _probe_rows(ctx, tokenizer, notes)
     return {
         "rows": rows,
         "images": len(originals),
-        "notes": [f"codebook of {config.codebook_size} entries per scale; PSNR/SSIM of the first k scales decoded"],
+        "probes": probes,
+        "encode_decode_images_per_s": _encode_decode_speed(ctx, tokenizer, originals),
+        "notes": notes,
     }
+
+
+def _probe_rows(ctx: BenchContext, tokenizer, notes: list[str]) -> list[dict]:
+    """Category probes of the hidden code, for the bench's tokenizer and each control; [] where they cannot run."""
+    if any(image.label is None for image in ctx.images):
+        notes.append("semantic probe left out: the suite's images have no category (the full suite has)")
+        return []
+    from hcr_model.tokenizer import load_tokenizer, tokenizer_metadata
+
+    resolution = tokenizer.cfg.resolution
+    try:
+        train = code_probe.split_tiles("train", ctx.config.probe_train_tiles, resolution)
+        test = code_probe.split_tiles("test", 1, resolution)
+    except FileNotFoundError as exc:  # the data set is not built (DatasetNotBuiltError)
+        notes.append(f"semantic probe left out: {exc}")
+        return []
+
+    candidates = [("bench tokenizer", tokenizer, None)]
+    candidates += [(path, load_tokenizer(path, device=ctx.device), path) for path in ctx.config.probe_controls]
+    rows = []
+    for name, model, path in candidates:
+        distilled = bool(tokenizer_metadata(path).get("distill", True)) if path else None
+        scores = code_probe.probe_tokenizer(model, train, {"test": test})
+        rows.append({"tokenizer": name, "distill": distilled, **scores})
+        logger.info("probe %s: %s", name, scores)
+    notes.append(
+        f"probes fitted on {ctx.config.probe_train_tiles} fixed tiles of each train photo, scored on the centre tile of each test photo"
+    )
+    return rows
+
+
+def _encode_decode_speed(ctx: BenchContext, tokenizer, originals: torch.Tensor) -> float:
+    """Images/s of encode + decode (all scales) at the suite's speed batch, on the bench's threads."""
+    batch = originals[: ctx.config.speed_images].to(ctx.device)
+    return images_per_second(lambda: tokenizer.decode(tokenizer.encode(batch)), batch.shape[0], ctx.config.speed_seconds)

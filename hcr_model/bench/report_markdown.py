@@ -108,7 +108,27 @@ def _forgery(section: dict) -> str:
 
 def _tokenizer(section: dict) -> str:
     rows = [[r["scales"], r["side"], r["hidden_code"], fmt(r["psnr_db"], 2), fmt(r["ssim"]), r["tokens_seen"], r["codebook_used"], fmt(r["perplexity"], 1)] for r in section["rows"]]
-    return f"{section['images']} images.\n\n" + table(["scales decoded", "side", "in hidden code", "PSNR dB", "SSIM", "tokens", "entries used", "perplexity"], rows)
+    text = f"{section['images']} images.\n\n" + table(["scales decoded", "side", "in hidden code", "PSNR dB", "SSIM", "tokens", "entries used", "perplexity"], rows)
+    probes = section.get("probes") or []
+    if probes:
+        probe_rows = [
+            [
+                p["tokenizer"],
+                "bench's own" if p["distill"] is None else p["distill"],
+                p["test_photos"],
+                fmt(p["test_majority"], 3),
+                fmt(p["test_code_embedding_knn"], 3),
+                fmt(p["test_code_embedding_linear"], 3),
+                fmt(p["test_code_latent_knn"], 3),
+                fmt(p["test_code_latent_linear"], 3),
+            ]
+            for p in probes
+        ]
+        head = ["tokenizer", "distilled", "test photos", "majority class", "embedding 5-NN", "embedding linear", "latent 5-NN", "latent linear"]
+        text += "\n\nCategory probes over the hidden code alone (top-1 on the test photos):\n\n" + table(head, probe_rows)
+    if section.get("encode_decode_images_per_s") is not None:
+        text += f"\n\nEncode + decode: {fmt(section['encode_decode_images_per_s'], 2)} images/s."
+    return text
 
 
 def _speed(section: dict) -> str:

@@ -77,6 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--peers", default=None, help="comma-separated peers among dwtDct, dwtDctSvd, rivaGan; 'none' for no peer (default: all three)")
     parser.add_argument("--rivagan-images", type=int, default=None, help="max images for RivaGAN, 0 = all (default: 1 in quick, 4 in full)")
     parser.add_argument("--kinds-per-image", type=int, default=None, help="tampering edits per image, kinds taken in turn; 0 = every kind on every image (default: 2 in quick, 3 in full)")
+    parser.add_argument(
+        "--probe-controls",
+        default=None,
+        help="comma-separated tokenizer weight files whose hidden code is probed beside the bench's tokenizer, such as one trained with --no-distill (default: none)",
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1, the one-core speed numbers)")
     parser.add_argument("--seed", type=int, default=0, help="seed of payloads, edits and regions (default: 0)")
     return parser
@@ -90,6 +95,8 @@ def _config(args: argparse.Namespace):
         update["peers"] = () if args.peers == "none" else _names(args.peers)
     if args.rivagan_images is not None:
         update["rivagan_images"] = args.rivagan_images
+    if args.probe_controls:
+        update["probe_controls"] = _names(args.probe_controls)
     if args.kinds_per_image is not None:
         update["kinds_per_image"] = args.kinds_per_image
     config = SUITES[args.suite].model_copy(update=update)

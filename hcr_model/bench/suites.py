@@ -47,6 +47,10 @@ class SuiteConfig(BaseModel):
         ("median3", "gaussian1", "median3x2", "oracle"),
         description="copy-attack watermark estimates: denoising filter or 'oracle' (protected - original), optional gain (x2 = doubled)",
     )
+    probe_train_tiles: int = Field(5, description="tokenizer probe: fixed tiles per train photo the probes are fitted on")
+    probe_controls: tuple[str, ...] = Field(
+        (), description="tokenizer probe: more tokenizer weight files probed beside the bench's own (for example one trained with --no-distill)"
+    )
     speed_images: int = Field(8, description="images per timed batch")
     speed_seconds: float = Field(2.0, description="minimum wall time of each speed measurement, in seconds")
     seed: int = Field(0, description="seed of every random draw (payloads, edits, regions)")
@@ -136,7 +140,7 @@ def load_suite_images(config: SuiteConfig) -> list[BenchImage]:
 
 
 def check_config(config: SuiteConfig) -> None:
-    """Raise ValueError for attack or kind names the grids do not define."""
+    """Raise ValueError for attack or kind names the grids do not define, or absent probe control weights."""
     names = set(config.attacks) | set(config.rivagan_attacks) | set(config.post_edit) | set(config.global_attacks)
     unknown = sorted(names - set(ATTACKS))
     if unknown:
@@ -144,3 +148,6 @@ def check_config(config: SuiteConfig) -> None:
     kinds = sorted(set(config.tamper_kinds) - set(TAMPER_KINDS))
     if kinds:
         raise ValueError(f"unknown tamper kinds {kinds}; expected names from {TAMPER_KINDS}")
+    absent = [path for path in config.probe_controls if not Path(path).is_file()]
+    if absent:
+        raise ValueError(f"probe control tokenizer weights not found: {absent}; pass .pt files written by `hcr train tokenizer --export`")

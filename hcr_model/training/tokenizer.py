@@ -6,7 +6,8 @@ scales that only exist at R (12 and 16 at R = 256) are trained too. Losses:
 L1 and image-gradient L1 on pixels, commitment to the EMA codebooks, the
 refinement loss of each scale's upsampled contribution, and (unless
 ``--no-distill``) a cosine loss that makes the hidden-code prefix predict
-MobileNetV2's pooled ImageNet features of the same crop. Quantizer dropout
+MobileNetV2's pooled ImageNet features of the same crop, centred by their
+running mean (``--distill-target``). Quantizer dropout
 decodes a share of each batch from a random prefix of scales.
 
 Training resumes from ``OUT/last.pt``; ``--minutes`` is the total budget
@@ -31,6 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from hcr_model.imaging import resize_to
 from hcr_model.tokenizer import (
     MultiScaleVQ,
     TokenizerConfig,
@@ -58,7 +60,13 @@ DEFAULT_OUT = Path.home() / ".cache" / "hcr" / "runs" / "tokenizer"
 
 
 def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    return F.interpolate(x[None], size=size, mode="bilinear", align_corners=False, antialias=True)[0]
+    """Resize (3, H, W) in [0, 1] with the audit's antialiased bicubic filter, clamped.
+
+    Training on the audit's filter matters: bicubic keeps more fine detail
+    than bilinear, and a decoder trained on bilinear crops scored 0.5 dB lower
+    on the audit's canonical images than on bilinear ones.
+    """
+    return resize_to(x[None], size)[0].clamp(0.0, 1.0)
 
 
 def _to_chw_float(image) -> torch.Tensor:
@@ -254,6 +262,12 @@ def build_parser() -> argparse.ArgumentParser:
     optim.add_argument("--refine-weight", type=float, default=1.0, help="weight of the per-scale refinement loss")
     optim.add_argument("--distill-weight", type=float, default=0.2, help="weight of the cosine distillation loss")
     optim.add_argument("--no-distill", action="store_true", help="turn semantic distillation off (ablation)")
+    optim.add_argument(
+        "--distill-target",
+        choices=("centred", "raw"),
+        default="centred",
+        help="centred: subtract a running mean of the teacher features before the cosine (default); raw: the features as they are",
+    )
     optim.add_argument("--teacher-size", type=int, default=160, help="input side of the MobileNetV2 teacher in pixels")
     optim.add_argument("--drop-prob", type=float, default=0.3, help="share of images decoded from a random prefix of scales (quantizer dropout)")
 
@@ -274,8 +288,27 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _train_step(model, teacher, batch, args, device, generator):
-    """Run one forward pass and the losses; return (loss tensor, scalars to log, forward output)."""
+def centred_teacher_target(target: torch.Tensor, running_mean: torch.Tensor | None, momentum: float = 0.99) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return (target minus the running mean, updated running mean) for teacher features (B, D).
+
+    MobileNetV2's pooled features are non-negative, so any two photos' features
+    share a large common direction: the mean direction alone already scores
+    a mean cosine of 0.67 with them (measured on 128-pixel crops of the 46
+    validation photos). A raw cosine loss is then mostly met by
+    predicting that mean, and teaches the code little about how photos
+    differ. Subtracting a running mean (an EMA over batches, because the R × R
+    steps hold only 2 crops) leaves the part that differs between photos.
+    """
+    batch_mean = target.mean(dim=0).detach()
+    mean = batch_mean if running_mean is None else momentum * running_mean + (1.0 - momentum) * batch_mean
+    return target - mean, mean
+
+
+def _train_step(model, teacher, batch, args, device, generator, teacher_mean=None):
+    """Run one forward pass and the losses.
+
+    Returns (loss tensor, scalars to log, forward output, updated running mean of the teacher features).
+    """
     n_scales = len(model.cfg.scales)
     b = batch.shape[0]
     keep = torch.full((b,), n_scales, dtype=torch.long)
@@ -292,7 +325,9 @@ def _train_step(model, teacher, batch, args, device, generator):
         distill = torch.zeros(())
         if teacher is not None:
             with torch.no_grad():
-                target = teacher.embed(batch, size=args.teacher_size)
+                target = teacher.embed(batch, size=args.teacher_size).float()
+                if args.distill_target == "centred":
+                    target, teacher_mean = centred_teacher_target(target, teacher_mean)
             distill = 1.0 - F.cosine_similarity(out.teacher_prediction.float(), target.float(), dim=1).mean()
             loss = loss + args.distill_weight * distill
 
@@ -307,7 +342,7 @@ def _train_step(model, teacher, batch, args, device, generator):
     }
     if full.any():
         scalars["psnr"] = float(psnr(recon.detach()[full], batch[full]).mean())
-    return loss, scalars, out
+    return loss, scalars, out, teacher_mean
 
 
 @dataclass
@@ -320,6 +355,7 @@ class TrainState:
     budget: WallBudget
     rng: random.Random  # crop sampler
     generator: torch.Generator  # quantizer dropout
+    teacher_mean: torch.Tensor | None = None  # running mean of the teacher features (1280,), for centred distillation
 
 
 def _restore(args: argparse.Namespace, ckpt: Checkpointer, device: torch.device) -> TrainState:
@@ -353,7 +389,10 @@ def _restore(args: argparse.Namespace, ckpt: Checkpointer, device: torch.device)
         return TrainState(model, optimizer, 0, WallBudget(args.minutes), rng, generator)
     optimizer.load_state_dict(state["optimizer"])
     budget = WallBudget(args.minutes, spent_seconds=float(state["spent_seconds"]))
-    return TrainState(model, optimizer, int(state["step"]), budget, rng, generator)
+    teacher_mean = state.get("teacher_mean")
+    if teacher_mean is not None:
+        teacher_mean = teacher_mean.to(device)
+    return TrainState(model, optimizer, int(state["step"]), budget, rng, generator, teacher_mean)
 
 
 def _save(ckpt: Checkpointer, st: TrainState, args: argparse.Namespace) -> None:
@@ -366,6 +405,7 @@ def _save(ckpt: Checkpointer, st: TrainState, args: argparse.Namespace) -> None:
             "spent_seconds": st.budget.spent,
             "sampler_rng": st.rng.getstate(),
             "generator": st.generator.get_state(),
+            "teacher_mean": st.teacher_mean,
             "args": {k: str(v) for k, v in vars(args).items()},
         }
     )
@@ -416,7 +456,7 @@ def main(argv: list[str] | None = None) -> int:
         size, count = (cfg.resolution, args.full_batch_size) if full_step else (args.crop_size, args.batch_size)
         batch = sampler.batch(count, size).to(device)
 
-        loss, scalars, out = _train_step(model, teacher, batch, args, device, st.generator)
+        loss, scalars, out, st.teacher_mean = _train_step(model, teacher, batch, args, device, st.generator, st.teacher_mean)
         st.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
@@ -449,6 +489,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.export is not None:
         metadata = {"steps": st.step, "train_minutes": round(st.budget.spent / 60, 1), "data": args.data, "distill": not args.no_distill, **result}
+        if not args.no_distill:
+            metadata.update(distill_weight=args.distill_weight, distill_target=args.distill_target)
         if args.init is not None:
             metadata.update(init=str(args.init), decoder_only=bool(args.decoder_only))
         path = save_tokenizer(model.cpu().eval(), args.export, metadata=metadata)

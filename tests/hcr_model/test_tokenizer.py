@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from hcr_model.imaging import to_canonical
 from hcr_model.tokenizer import (
     MultiScaleVQ,
     TokenizerConfig,
@@ -30,7 +31,7 @@ def _photo(name: str, size: int = 256) -> torch.Tensor:
     with Image.open(PHOTOS / name) as image:
         array = np.asarray(image.convert("RGB"))
     x = torch.from_numpy(array.copy()).permute(2, 0, 1)[None].float() / 255.0
-    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True).clamp(0, 1)
+    return to_canonical(x, size)
 
 
 @pytest.fixture(scope="module")
@@ -235,3 +236,41 @@ def test_shipped_weights_match_card_psnr():
     mse = (out - x).pow(2).flatten(1).mean(1)
     measured = float((-10 * torch.log10(mse)).mean())
     assert abs(measured - expected) <= 0.5
+
+
+def test_centred_teacher_target_removes_the_shared_direction():
+    # Non-negative features that share one large common part, like MobileNetV2's pooled features.
+    generator = torch.Generator().manual_seed(0)
+    common = torch.rand(1, 64, generator=generator) * 4.0
+    features = common + torch.rand(8, 64, generator=generator)
+
+    raw = F.normalize(features, dim=1)
+    raw_cosine = (raw @ raw.T)[~torch.eye(8, dtype=torch.bool)].mean()
+    centred, mean = trainer.centred_teacher_target(features, None)
+    unit = F.normalize(centred, dim=1)
+    centred_cosine = (unit @ unit.T)[~torch.eye(8, dtype=torch.bool)].mean()
+
+    assert raw_cosine > 0.9
+    assert abs(float(centred_cosine)) < 0.2
+    assert torch.allclose(mean, features.mean(0))
+
+    # Later batches move the running mean only by (1 - momentum).
+    _, updated = trainer.centred_teacher_target(features + 1.0, mean, momentum=0.9)
+    assert torch.allclose(updated, mean + 0.1, atol=1e-6)
+
+
+def test_distilling_trainer_keeps_the_teacher_mean_across_resume(tmp_path):
+    flags = (
+        "--data fixtures --minutes 5 --channels 8,8,16,16 --crop-size 64 --batch-size 2 --full-every 0"
+        " --eval-images 1 --log-every 1 --ckpt-every 1 --eval-every 100 --teacher-size 64"
+    )
+    common = ["--out", str(tmp_path / "run"), *flags.split()]
+    assert trainer.main([*common, "--max-steps", "1"]) == 0
+    first = torch.load(tmp_path / "run" / "last.pt", map_location="cpu", weights_only=False)
+    assert first["teacher_mean"].shape == (1280,)
+
+    assert trainer.main([*common, "--max-steps", "2"]) == 0
+    second = torch.load(tmp_path / "run" / "last.pt", map_location="cpu", weights_only=False)
+    # One more batch moved the restored mean by 1 % of that batch's mean, not replaced it.
+    assert second["step"] == 2
+    assert 0 < float((second["teacher_mean"] - first["teacher_mean"]).abs().max()) < 0.05 * float(first["teacher_mean"].abs().max())

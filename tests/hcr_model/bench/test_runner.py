@@ -34,7 +34,7 @@ SECTION_KEYS = {
     "recovery": {"rows", "methods", "notes", "errors"},
     "retrieval": {"rows", "exact_lookup", "notes", "errors"},
     "forgery": {"rows", "notes"},
-    "tokenizer": {"rows", "images", "notes"},
+    "tokenizer": {"rows", "images", "probes", "encode_decode_images_per_s", "notes"},
     "speed": {"rows", "threads", "device", "load_average_1min", "notes", "errors"},
 }
 
