@@ -230,7 +230,12 @@ def build_parser() -> argparse.ArgumentParser:
     run = p.add_argument_group("run")
     run.add_argument("--out", type=Path, default=DEFAULT_OUT, help="run folder for checkpoints and metrics.jsonl")
     run.add_argument("--minutes", type=float, default=60.0, help="total wall-clock training budget in minutes, across resumes")
-    run.add_argument("--max-steps", type=int, default=0, help="stop after this many steps (0: only the wall budget stops training)")
+    run.add_argument(
+        "--max-steps",
+        type=int,
+        default=0,
+        help="stop after this many steps; the learning-rate schedule then follows the steps (0: only the wall budget stops training)",
+    )
     run.add_argument("--seed", type=int, default=0, help="random seed")
     run.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch default)")
     run.add_argument("--device", type=str, default=None, help="torch device (default: cuda when present, else cpu)")
@@ -411,6 +416,18 @@ def _save(ckpt: Checkpointer, st: TrainState, args: argparse.Namespace) -> None:
     )
 
 
+def _schedule_progress(st: TrainState, args: argparse.Namespace) -> float:
+    """Return how far the learning-rate schedule is, in [0, 1].
+
+    With ``--max-steps`` the schedule follows the steps (or the wall budget if
+    that ends first), so two runs of the same step count anneal alike however
+    loaded the machine was: an ablation compares like with like.
+    """
+    if args.max_steps:
+        return max(st.step / args.max_steps, st.budget.progress)
+    return st.budget.progress
+
+
 def _format(result: dict[str, float]) -> str:
     return " ".join(f"{k}={v:.4g}" for k, v in result.items())
 
@@ -450,7 +467,7 @@ def main(argv: list[str] | None = None) -> int:
     counts = torch.zeros(len(cfg.scales), cfg.codebook_size, dtype=torch.long)
     while not st.budget.exhausted() and not (args.max_steps and st.step >= args.max_steps):
         for group in st.optimizer.param_groups:
-            group["lr"] = cosine_lr(args.lr, st.budget.progress)
+            group["lr"] = cosine_lr(args.lr, _schedule_progress(st, args))
 
         full_step = args.full_every > 0 and st.step % args.full_every == 0
         size, count = (cfg.resolution, args.full_batch_size) if full_step else (args.crop_size, args.batch_size)

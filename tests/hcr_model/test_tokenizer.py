@@ -274,3 +274,16 @@ def test_distilling_trainer_keeps_the_teacher_mean_across_resume(tmp_path):
     # One more batch moved the restored mean by 1 % of that batch's mean, not replaced it.
     assert second["step"] == 2
     assert 0 < float((second["teacher_mean"] - first["teacher_mean"]).abs().max()) < 0.05 * float(first["teacher_mean"].abs().max())
+
+
+def test_schedule_follows_steps_with_max_steps():
+    import argparse
+
+    from hcr_model.training.common import WallBudget
+
+    state = trainer.TrainState(model=None, optimizer=None, step=250, budget=WallBudget(60.0), rng=None, generator=None)
+    with_steps = argparse.Namespace(max_steps=1000)
+    wall_only = argparse.Namespace(max_steps=0)
+
+    assert trainer._schedule_progress(state, with_steps) == pytest.approx(0.25)
+    assert trainer._schedule_progress(state, wall_only) < 0.01
