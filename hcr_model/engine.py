@@ -21,6 +21,7 @@ from hcr_model.imaging import add_residual, resize_to, to_canonical
 from hcr_model.keys import SecretKey
 from hcr_model.payload import PayloadCodec
 from hcr_model.recovery import composite as composite_restoration
+from hcr_model.recovery import restore_image
 from hcr_model.verdict import TAMPERED, VerdictSignals, decide_verdict
 from hcr_model.watermark.dct import DctCarrier
 
@@ -266,13 +267,15 @@ class Auditor:
         return code_tokens
 
     def _restore(self, canonical, code_tokens, mask, indices: list[int]) -> dict[int, torch.Tensor]:
-        """Run the recovery Transformer on the tampered images; (1, 3, R, R) each."""
-        tokenizer = self.bundle.tokenizer
+        """Restore the tampered images on the canonical grid; (1, 3, R, R) each.
+
+        The same steps as `recovery.restore_image`, which the benchmark
+        measures: expected-vector decoding, compositing and the blend with
+        boundary inpainting.
+        """
         select = torch.tensor(indices, device=canonical.device)
         prefix = [scale[select] for scale in code_tokens]
-        received = tokenizer.encode(canonical[select], prefix=prefix)
-        tokens = self.bundle.recovery.restore_tokens(prefix, received, mask[select])
-        pictures = tokenizer.decode(tokens)
+        pictures = restore_image(self.bundle.tokenizer, self.bundle.recovery, canonical[select], prefix, mask[select])
         return {index: pictures[j : j + 1] for j, index in enumerate(indices)}
 
     def _restored_crop(self, image: ImageInput, picture, full_mask):

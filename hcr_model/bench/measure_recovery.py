@@ -3,8 +3,12 @@
 On the canonical grid (where the models work), each protected image is
 edited once per kind over 25 % of its pixels and received as edited or
 re-saved as JPEG 75. Every method fills the same ground-truth mask:
-- `transformer`: the recovery Transformer conditioned on the hidden code
-  (`recovery.restore_image`, greedy, with its seam correction);
+- `transformer`: the audit's restoration (`recovery.restore_image`): the
+  recovery Transformer conditioned on the hidden code (greedy, expected
+  codebook vectors), with its seam correction, blended with Telea
+  inpainting by distance from the mask edge;
+- `transformer_no_blend`: the same without the inpainting blend, which shows
+  what the Transformer alone adds;
 - `code_only`: the tokenizer's decode of the hidden code's scales alone,
   composited the same way;
 - `telea`, `ns`: OpenCV's blind inpainting (radius 3);
@@ -94,8 +98,9 @@ def _restore(ctx: BenchContext, cases: RecoveryCases, method: str) -> torch.Tens
             continue
         code = _code_tokens(ctx, cases.image_index[start:stop])
         device_received, device_mask = received.to(ctx.device), mask.to(ctx.device)
-        if method == "transformer":
-            restored = restore_image(tokenizer, ctx.models.recovery, device_received, code, device_mask)
+        if method in ("transformer", "transformer_no_blend"):
+            blend = method == "transformer"
+            restored = restore_image(tokenizer, ctx.models.recovery, device_received, code, device_mask, blend=blend)
         else:
             picture = tokenizer.decode(code, n_scales=len(code))
             restored = composite(device_received, picture.to(device_received.dtype), device_mask)
@@ -112,7 +117,13 @@ def _payload_valid(ctx: BenchContext, cases: RecoveryCases) -> np.ndarray:
     return np.array(valid)
 
 
-METHOD_MODELS = {"transformer": ("tokenizer", "recovery"), "code_only": ("tokenizer",), "telea": (), "ns": ()}
+METHOD_MODELS = {
+    "transformer": ("tokenizer", "recovery"),
+    "transformer_no_blend": ("tokenizer", "recovery"),
+    "code_only": ("tokenizer",),
+    "telea": (),
+    "ns": (),
+}
 
 
 def restored_images(ctx: BenchContext) -> tuple[RecoveryCases, dict[str, torch.Tensor], list[str], list[str]]:
