@@ -18,6 +18,7 @@ threads.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -100,11 +101,13 @@ def _probe_rows(ctx: BenchContext, tokenizer, notes: list[str]) -> list[dict]:
         notes.append(f"semantic probe left out: {exc}")
         return []
 
-    candidates = [("bench tokenizer", tokenizer, None)]
+    own_path = str(Path(ctx.models.folder) / "tokenizer.pt") if ctx.models.folder else None
+    candidates = [("bench tokenizer", tokenizer, own_path)]
     candidates += [(path, load_tokenizer(path, device=ctx.device), path) for path in ctx.config.probe_controls]
     rows = []
     for name, model, path in candidates:
-        distilled = bool(tokenizer_metadata(path).get("distill", True)) if path else None
+        # Weight files record whether distillation trained them; None where the file is unknown.
+        distilled = bool(tokenizer_metadata(path).get("distill", True)) if path and Path(path).is_file() else None
         scores = code_probe.probe_tokenizer(model, train, {"test": test})
         rows.append({"tokenizer": name, "distill": distilled, **scores})
         logger.info("probe %s: %s", name, scores)

@@ -114,7 +114,7 @@ def _tokenizer(section: dict) -> str:
         probe_rows = [
             [
                 p["tokenizer"],
-                "bench's own" if p["distill"] is None else p["distill"],
+                "unknown" if p["distill"] is None else p["distill"],
                 p["test_photos"],
                 fmt(p["test_majority"], 3),
                 fmt(p["test_code_embedding_knn"], 3),
