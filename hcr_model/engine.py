@@ -269,9 +269,7 @@ class Auditor:
     def _restore(self, canonical, code_tokens, mask, indices: list[int]) -> dict[int, torch.Tensor]:
         """Restore the tampered images on the canonical grid; (1, 3, R, R) each.
 
-        The same steps as `recovery.restore_image`, which the benchmark
-        measures: expected-vector decoding, compositing and the blend with
-        boundary inpainting.
+        `recovery.restore_image` is the path the benchmark measures.
         """
         select = torch.tensor(indices, device=canonical.device)
         prefix = [scale[select] for scale in code_tokens]

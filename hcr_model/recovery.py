@@ -32,6 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hcr_model.restoration_blend import blend_with_inpainting
+
 logger = logging.getLogger(__name__)
 
 # Per-position states fed to the state embedding.
@@ -453,38 +455,6 @@ def decode_expected(
 
 
 @torch.no_grad()
-def restore_picture(
-    tokenizer: nn.Module,
-    model: RecoveryTransformer,
-    received: torch.Tensor,
-    code_tokens: list[torch.Tensor],
-    mask: torch.Tensor,
-    expected: bool = True,
-    temperature: float = 0.0,
-    top_k: int | None = None,
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """Decode the restored image at the working resolution, before compositing.
-
-    received: (B, 3, R, R) in [0, 1]; code_tokens: the payload's S scales;
-    mask: (B, 1, R, R) bool. With `expected` (the default), masked positions
-    decode to their expected codebook vectors (`decode_expected`), else to
-    the chosen tokens. Returns (B, 3, R, R) in [0, 1], decoded everywhere.
-    """
-    if mask.dtype != torch.bool:
-        mask = mask > 0.5
-    cfg = model.config
-    received_tokens = tokenizer.encode(received, prefix=code_tokens)
-    tokens, probabilities = model.restore_distributions(
-        code_tokens, received_tokens, mask, temperature, top_k, generator
-    )
-    if expected:
-        masks = token_masks(mask, cfg.scales, cfg.n_code_scales)
-        return decode_expected(tokenizer, tokens, probabilities, masks)
-    return tokenizer.decode(tokens).clamp(0.0, 1.0)
-
-
-@torch.no_grad()
 def restore_image(
     tokenizer: nn.Module,
     model: RecoveryTransformer,
@@ -501,19 +471,27 @@ def restore_image(
     """Restore the masked region of received images at the working resolution.
 
     received: (B, 3, R, R) in [0, 1]; code_tokens: the payload's S scales;
-    mask: (B, 1, R, R) bool. The decoded picture (`restore_picture`) is
-    composited into the received image (`composite`). With `blend` (the
-    default), it is then blended with a Telea inpainting by distance from the
-    mask edge (`restoration_blend.blend_with_inpainting`). Returns
-    (B, 3, R, R): received pixels outside the mask (bit-identical), restored
-    pixels inside it. Resizing back to the input's full resolution is the
-    caller's job.
+    mask: (B, 1, R, R) bool. With `expected` (the default), masked positions
+    decode to their expected codebook vectors (`decode_expected`), else to
+    the chosen tokens. The decoded image is composited into the received one
+    (`composite`). With `blend` (the default), the result is then blended
+    with a Telea inpainting by distance from the mask edge
+    (`blend_with_inpainting`). Returns (B, 3, R, R): received pixels outside
+    the mask (bit-identical), restored pixels inside it. Resizing back to the
+    input's full resolution is the caller's job.
     """
-    from hcr_model.restoration_blend import blend_with_inpainting
-
     if mask.dtype != torch.bool:
         mask = mask > 0.5
-    decoded = restore_picture(tokenizer, model, received, code_tokens, mask, expected, temperature, top_k, generator)
+    cfg = model.config
+    received_tokens = tokenizer.encode(received, prefix=code_tokens)
+    tokens, probabilities = model.restore_distributions(
+        code_tokens, received_tokens, mask, temperature, top_k, generator
+    )
+    if expected:
+        masks = token_masks(mask, cfg.scales, cfg.n_code_scales)
+        decoded = decode_expected(tokenizer, tokens, probabilities, masks)
+    else:
+        decoded = tokenizer.decode(tokens).clamp(0.0, 1.0)
     restored = composite(received, decoded.to(received.device, received.dtype), mask, band_px)
     return blend_with_inpainting(restored, received, mask) if blend else restored
 

@@ -4,8 +4,9 @@ The two estimates of a masked region fail in different places. Inpainting
 from the boundary (OpenCV's Telea method) continues the authentic pixels
 well near the edge of the mask but has no information about what lay deep
 inside it. The restoration decoded from the hidden code carries the coarse
-content of the whole region but is blurry and drifts in colour. Near the edge the blend
-takes mostly the inpainting; deeper in, the decoded restoration:
+content of the whole region but is blurry and drifts in colour. So the blend
+takes mostly the inpainting near the edge and the decoded restoration deeper
+in:
 
     w = floor + (1 - floor) * exp(-d / tau_px),  out = w * telea + (1 - w) * restored,
 
@@ -32,12 +33,12 @@ TELEA_RADIUS_PX = 3
 
 
 def _to_uint8(image: torch.Tensor) -> np.ndarray:
-    """(3, H, W) float in [0, 1] -> (H, W, 3) uint8."""
+    """Convert (3, H, W) float in [0, 1] to (H, W, 3) uint8."""
     return (image.clamp(0, 1) * 255.0 + 0.5).to(torch.uint8).permute(1, 2, 0).cpu().numpy()
 
 
 def inpaint_weights(mask: np.ndarray, tau_px: float, floor: float) -> np.ndarray:
-    """(H, W) bool mask -> (H, W) float32 weight of the inpainting: 0 outside, floor..1 inside."""
+    """Return the (H, W) float32 weight of the inpainting for an (H, W) bool mask: 0 outside, floor..1 inside."""
     inside = mask.astype(np.uint8)
     distance = cv2.distanceTransform(inside, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)  # px to the nearest unmasked pixel
     weights = floor + (1.0 - floor) * np.exp(-distance / tau_px)

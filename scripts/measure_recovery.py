@@ -190,14 +190,18 @@ def restore_all(tokenizer, model, originals: Originals, rows: slice, received, m
     }
 
 
-def make_edits(images: torch.Tensor, kind: str, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Apply one tampering kind at 25 % area to every image; donors are the next image."""
+def make_edits(images: torch.Tensor, kind: str | list[str], seed: int | list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Apply a tampering kind (one for all, or one per image) at 25 % area to every image.
+
+    Each image's donor, for splices, is the next image.
+    """
     rng = np.random.default_rng(seed)
+    kinds = [kind] * len(images) if isinstance(kind, str) else kind
     edited, masks = [], []
     arrays = [to_uint8(x) for x in images]
     for i, array in enumerate(arrays):
         result = tamper(
-            array, rng, kind=kind, shape=str(rng.choice(SHAPES)), area=AREA, donor=arrays[(i + 1) % len(arrays)]
+            array, rng, kind=kinds[i], shape=str(rng.choice(SHAPES)), area=AREA, donor=arrays[(i + 1) % len(arrays)]
         )
         edited.append(from_uint8(result.image))
         masks.append(torch.from_numpy(result.mask))
@@ -351,17 +355,9 @@ def restored_queries(tokenizer, model, images: torch.Tensor, batch_size: int, se
     The hidden code given to the restoration is the image's own, as an audit
     reads it from the payload. Returns (N, 3, R, R).
     """
-    rng = np.random.default_rng([seed, 2])
-    arrays = [to_uint8(x) for x in images]
-    edited, masks = [], []
-    for index, array in enumerate(arrays):
-        kind = TAMPER_KINDS[index % len(TAMPER_KINDS)]
-        donor = arrays[(index + 1) % len(arrays)]
-        result = tamper(array, rng, kind=kind, shape=str(rng.choice(SHAPES)), area=AREA, donor=donor)
-        edited.append(from_uint8(result.image))
-        masks.append(torch.from_numpy(result.mask)[None])
-    received = jpeg_pillow(torch.stack(edited), 75)
-    mask = torch.stack(masks)
+    kinds = [TAMPER_KINDS[index % len(TAMPER_KINDS)] for index in range(len(images))]
+    edited, mask = make_edits(images, kinds, [seed, 2])
+    received = jpeg_pillow(edited, 75)
     n_code = model.config.n_code_scales
     restored = []
     for start in range(0, len(images), batch_size):

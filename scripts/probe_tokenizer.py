@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         train = split_tiles("train", args.train_tiles, resolution)
         scored = {split: split_tiles(split, 1, resolution) for split in splits}
         metadata = tokenizer_metadata(weights)
-        row = {"weights": str(weights), "distill": bool(metadata.get("distill", True)), **probe_tokenizer(model, train, scored)}
+        row = {"weights": str(weights), "distill": metadata.get("distill"), **probe_tokenizer(model, train, scored)}
         results.append(row)
         print(json.dumps(row))
 

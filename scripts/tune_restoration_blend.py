@@ -18,6 +18,7 @@ import argparse
 import sys
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 from PIL import Image
@@ -39,7 +40,7 @@ FLOORS = (0.0, 0.15, 0.3, 0.45)
 
 
 def load_split_images(split: str, limit: int) -> torch.Tensor:
-    """Canonical squashes (N, 3, R, R) of a split's photos."""
+    """Load the canonical squashes (N, 3, R, R) of a split's photos."""
     records = load_photos(split)[: limit or None]
     images = []
     for record in records:
@@ -69,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
                 rows = slice(start, start + args.batch_size)
                 code = tokenizer.encode(images[rows])[:n_code]
                 transformer = restore_image(tokenizer, model, received[rows], code, mask[rows], blend=False)
-                telea = measure_recovery.opencv_inpaint(received[rows], mask[rows], measure_recovery.cv2.INPAINT_TELEA)
+                telea = measure_recovery.opencv_inpaint(received[rows], mask[rows], cv2.INPAINT_TELEA)
                 candidates = {"transformer": transformer, "telea": telea}
                 for tau in TAUS_PX:
                     for floor in FLOORS:

@@ -4,9 +4,9 @@ The photos of a split are cut into fixed square tiles and encoded, and only
 the hidden code's scales are kept. Two representations of that code are
 probed:
 
-- ``code_embedding``: the tokenizer's code embedding (the head that semantic
-  distillation trains; an untrained random projection in a tokenizer
-  trained without it);
+- ``code_embedding``: the tokenizer's code embedding, from the head that
+  semantic distillation trains (an untrained random projection in a
+  tokenizer trained without it);
 - ``code_latent``: the latent the code's tokens sum to, average-pooled to
   3 × 3 cells (288 numbers at 32 channels), which every tokenizer has.
 
@@ -50,7 +50,10 @@ def code_features(model, images: torch.Tensor, batch_size: int = 16) -> dict[str
 
 
 def knn_accuracy(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray, k: int = 5) -> float:
-    """Share of test rows whose k nearest train rows (cosine) vote for the right label; ties go to the nearest."""
+    """Return the share of test rows whose k nearest train rows (cosine) vote for the right label.
+
+    A tie goes to the label of the nearest row among the tied ones.
+    """
     a = train_x / np.linalg.norm(train_x, axis=1, keepdims=True).clip(1e-12)
     b = test_x / np.linalg.norm(test_x, axis=1, keepdims=True).clip(1e-12)
     nearest = np.argsort(-(b @ a.T), axis=1)[:, :k]
@@ -66,14 +69,14 @@ def knn_accuracy(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, t
 
 
 def linear_accuracy(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray) -> float:
-    """Accuracy of a logistic regression fitted on standardized train features."""
+    """Return the accuracy of a logistic regression fitted on standardized train features."""
     scaler = StandardScaler().fit(train_x)
     probe = LogisticRegression(C=0.5, max_iter=3000).fit(scaler.transform(train_x), train_y)
     return float((probe.predict(scaler.transform(test_x)) == test_y).mean())
 
 
 def split_tiles(split: str, tiles_per_photo: int, resolution: int) -> tuple[torch.Tensor, np.ndarray]:
-    """Fixed tiles (N, 3, R, R) of a split's photos, centre tile first, and their categories (N,).
+    """Return fixed tiles (N, 3, R, R) of a split's photos, centre tile first, and their categories (N,).
 
     Raises FileNotFoundError (from `load_photos`) when the data set is not built.
     """
@@ -85,6 +88,7 @@ def split_tiles(split: str, tiles_per_photo: int, resolution: int) -> tuple[torc
 
 
 def majority_label(labels: np.ndarray) -> str:
+    """Return the most common label."""
     values, counts = np.unique(labels, return_counts=True)
     return str(values[np.argmax(counts)])
 

@@ -87,7 +87,10 @@ def measure(ctx: BenchContext) -> dict:
 
 
 def _probe_rows(ctx: BenchContext, tokenizer, notes: list[str]) -> list[dict]:
-    """Category probes of the hidden code, for the bench's tokenizer and each control; [] where they cannot run."""
+    """Run the category probes of the hidden code for the bench's tokenizer and each control.
+
+    Returns one row per tokenizer, or [] with a note where the probes cannot run.
+    """
     if any(image.label is None for image in ctx.images):
         notes.append("semantic probe left out: the suite's images have no category (the full suite has)")
         return []
@@ -106,8 +109,8 @@ def _probe_rows(ctx: BenchContext, tokenizer, notes: list[str]) -> list[dict]:
     candidates += [(path, load_tokenizer(path, device=ctx.device), path) for path in ctx.config.probe_controls]
     rows = []
     for name, model, path in candidates:
-        # Weight files record whether distillation trained them; None where the file is unknown.
-        distilled = bool(tokenizer_metadata(path).get("distill", True)) if path and Path(path).is_file() else None
+        # Weight files record whether distillation trained them; None where the file or the record is missing.
+        distilled = tokenizer_metadata(path).get("distill") if path and Path(path).is_file() else None
         scores = code_probe.probe_tokenizer(model, train, {"test": test})
         rows.append({"tokenizer": name, "distill": distilled, **scores})
         logger.info("probe %s: %s", name, scores)
@@ -118,6 +121,6 @@ def _probe_rows(ctx: BenchContext, tokenizer, notes: list[str]) -> list[dict]:
 
 
 def _encode_decode_speed(ctx: BenchContext, tokenizer, originals: torch.Tensor) -> float:
-    """Images/s of encode + decode (all scales) at the suite's speed batch, on the bench's threads."""
+    """Measure encode + decode (all scales) in images/s at the suite's speed batch, on the bench's threads."""
     batch = originals[: ctx.config.speed_images].to(ctx.device)
     return images_per_second(lambda: tokenizer.decode(tokenizer.encode(batch)), batch.shape[0], ctx.config.speed_seconds)

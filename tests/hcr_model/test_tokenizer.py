@@ -1,5 +1,6 @@
 """Multi-scale VQ tokenizer: shapes, hidden-code bits, determinism, teacher forcing, training, shipped weights."""
 
+import argparse
 import re
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from hcr_model.tokenizer import (
     save_tokenizer,
 )
 from hcr_model.training import tokenizer as trainer
+from hcr_model.training.common import WallBudget
 
 PHOTOS = Path(__file__).resolve().parents[1] / "fixtures" / "photos"
 FIXTURE_NAMES = ("astronaut.jpg", "chelsea.jpg", "china.jpg", "coffee.jpg", "flower.jpg", "rocket.jpg")
@@ -208,18 +210,27 @@ def test_load_tokenizer_missing_file(tmp_path):
         load_tokenizer(tmp_path / "absent.pt")
 
 
-def test_trainer_runs_and_resumes(tmp_path):
+def _tiny_run_args(tmp_path, *extra: str) -> list[str]:
+    """Return trainer arguments for a tiny model on the fixture photos, checkpointing every step into tmp_path/run."""
     flags = (
         "--data fixtures --minutes 5 --channels 8,8,16,16 --crop-size 64 --batch-size 2 --full-every 0"
-        " --no-distill --eval-images 1 --log-every 1 --ckpt-every 1 --eval-every 100"
+        " --eval-images 1 --log-every 1 --ckpt-every 1 --eval-every 100"
     )
-    common = ["--out", str(tmp_path / "run"), *flags.split()]
+    return ["--out", str(tmp_path / "run"), *flags.split(), *extra]
+
+
+def _last_checkpoint(tmp_path) -> dict:
+    return torch.load(tmp_path / "run" / "last.pt", map_location="cpu", weights_only=False)
+
+
+def test_trainer_runs_and_resumes(tmp_path):
+    common = _tiny_run_args(tmp_path, "--no-distill")
     assert trainer.main([*common, "--max-steps", "2"]) == 0
-    first = torch.load(tmp_path / "run" / "last.pt", map_location="cpu", weights_only=False)
+    first = _last_checkpoint(tmp_path)
     assert first["step"] == 2
 
     assert trainer.main([*common, "--max-steps", "3", "--export", str(tmp_path / "tok.pt")]) == 0
-    second = torch.load(tmp_path / "run" / "last.pt", map_location="cpu", weights_only=False)
+    second = _last_checkpoint(tmp_path)
     assert second["step"] == 3
     assert load_tokenizer(tmp_path / "tok.pt").cfg.channels == (8, 8, 16, 16)
 
@@ -238,7 +249,7 @@ def test_shipped_weights_match_card_psnr():
     assert abs(measured - expected) <= 0.5
 
 
-def test_centred_teacher_target_removes_the_shared_direction():
+def test_centred_target_removes_shared_direction():
     # Non-negative features that share one large common part, like MobileNetV2's pooled features.
     generator = torch.Generator().manual_seed(0)
     common = torch.rand(1, 64, generator=generator) * 4.0
@@ -259,28 +270,23 @@ def test_centred_teacher_target_removes_the_shared_direction():
     assert torch.allclose(updated, mean + 0.1, atol=1e-6)
 
 
-def test_distilling_trainer_keeps_the_teacher_mean_across_resume(tmp_path):
-    flags = (
-        "--data fixtures --minutes 5 --channels 8,8,16,16 --crop-size 64 --batch-size 2 --full-every 0"
-        " --eval-images 1 --log-every 1 --ckpt-every 1 --eval-every 100 --teacher-size 64"
-    )
-    common = ["--out", str(tmp_path / "run"), *flags.split()]
+def test_resume_keeps_teacher_mean(tmp_path):
+    common = _tiny_run_args(tmp_path, "--teacher-size", "64")
     assert trainer.main([*common, "--max-steps", "1"]) == 0
-    first = torch.load(tmp_path / "run" / "last.pt", map_location="cpu", weights_only=False)
+    first = _last_checkpoint(tmp_path)
     assert first["teacher_mean"].shape == (1280,)
 
     assert trainer.main([*common, "--max-steps", "2"]) == 0
-    second = torch.load(tmp_path / "run" / "last.pt", map_location="cpu", weights_only=False)
-    # One more batch moved the restored mean by 1 % of that batch's mean, not replaced it.
+    second = _last_checkpoint(tmp_path)
     assert second["step"] == 2
-    assert 0 < float((second["teacher_mean"] - first["teacher_mean"]).abs().max()) < 0.05 * float(first["teacher_mean"].abs().max())
+
+    # One more batch moved the restored mean by 1 % of that batch's mean, not replaced it.
+    moved = float((second["teacher_mean"] - first["teacher_mean"]).abs().max())
+    assert moved > 0
+    assert moved < 0.05 * float(first["teacher_mean"].abs().max())
 
 
-def test_schedule_follows_steps_with_max_steps():
-    import argparse
-
-    from hcr_model.training.common import WallBudget
-
+def test_schedule_follows_max_steps():
     state = trainer.TrainState(model=None, optimizer=None, step=250, budget=WallBudget(60.0), rng=None, generator=None)
     with_steps = argparse.Namespace(max_steps=1000)
     wall_only = argparse.Namespace(max_steps=0)

@@ -37,12 +37,13 @@ def test_probe_shapes_and_scores():
 
     # Labels alternate, so the constant guess of the most common train label scores one half.
     row = code_probe.probe_tokenizer(model, (images, labels), {"test": (images[:2], labels[:2])})
-    assert row["train_samples"] == 6 and row["test_photos"] == 2
+    assert row["train_samples"] == 6
+    assert row["test_photos"] == 2
     assert 0.0 <= row["test_code_embedding_knn"] <= 1.0
     assert row["test_majority"] == 0.5
 
 
-def test_absent_probe_control_is_refused():
+def test_absent_probe_control_raises():
     config = SUITES["full"].model_copy(update={"probe_controls": ("/nonexistent/tokenizer.pt",)})
     with pytest.raises(ValueError, match="probe control tokenizer weights not found"):
         check_config(config)
