@@ -23,6 +23,13 @@ LOCAL_RAY_ENV = {
     "RAY_USAGE_STATS_ENABLED": "0",
     "RAY_AUTH_MODE": "disabled",
 }
+# Defaults for a local Ray; a user's own setting wins. Ray starts its worker
+# processes, and so the model actors, at nice 15: below Ray's own helper
+# processes, the driver and the Prefect server (nice 10, see
+# flows.prefect_server). On a 2-core machine each of them then took CPU from
+# the actors, which do the run's work. At nice 0 they share the CPU with Ray
+# and the driver as equals and come before the server.
+LOCAL_RAY_DEFAULTS = {"RAY_worker_niceness": "0"}
 # Defaults only: a user's own Prefect settings win.
 PREFECT_ENV_DEFAULTS = {
     "DO_NOT_TRACK": "1",
@@ -44,13 +51,19 @@ LOG_LEVEL_ENV = "HCR_LOG_LEVEL"
 def prepare_environment(ray_options: RayOptions, prefect_options: PrefectOptions) -> None:
     """Set the Ray and Prefect environment variables this run needs (before Ray starts)."""
     if ray_options.address is None:
-        os.environ.update(LOCAL_RAY_ENV)
+        _set_local_ray_environment()
     else:
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     for name, value in PREFECT_ENV_DEFAULTS.items():
         os.environ.setdefault(name, value)
     if prefect_options.api_url:
         os.environ["PREFECT_API_URL"] = prefect_options.api_url
+
+
+def _set_local_ray_environment() -> None:
+    os.environ.update(LOCAL_RAY_ENV)
+    for name, value in LOCAL_RAY_DEFAULTS.items():
+        os.environ.setdefault(name, value)
 
 
 @contextlib.contextmanager
@@ -74,7 +87,7 @@ def ray_session(options: RayOptions) -> Iterator[bool]:
         logger.info("joined the Ray cluster at %s", options.address)
         local = False
     else:
-        os.environ.update(LOCAL_RAY_ENV)
+        _set_local_ray_environment()
         _start_local_ray(options)
         logger.info("started a local Ray on 127.0.0.1 with %s CPUs", ray.cluster_resources().get("CPU"))
         local = True

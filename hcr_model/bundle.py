@@ -55,6 +55,8 @@ class ModelBundle:
     recovery: torch.nn.Module
     calibration: Calibration
     device: torch.device
+    # The restoration refiner; None in a weights folder without refiner.pt.
+    refiner: torch.nn.Module | None = None
 
 
 def weights_dir(version: str = DEFAULT_VERSION) -> Path:
@@ -97,6 +99,7 @@ def load_bundle(
     """
     from hcr_model.localizer import load_localizer
     from hcr_model.recovery import load_recovery
+    from hcr_model.restoration_refiner import load_optional_refiner
     from hcr_model.tokenizer import load_tokenizer
 
     folder = Path(folder) if folder is not None else weights_dir(version)
@@ -107,13 +110,16 @@ def load_bundle(
     tokenizer = load_tokenizer(folder / "tokenizer.pt").to(target).eval()
     localizer = load_localizer(folder / "localizer.pt")
     recovery = load_recovery(folder / "recovery.pt").to(target).eval()
+    refiner = load_optional_refiner(folder, target)
     calibration = load_calibration(folder)
     logger.info("loaded model bundle %s on %s", version, target)
 
-    return assemble_bundle(version, tokenizer, localizer, recovery, calibration, target)
+    return assemble_bundle(version, tokenizer, localizer, recovery, calibration, target, refiner)
 
 
-def assemble_bundle(version: str, tokenizer, localizer, recovery, calibration: Calibration, device: torch.device) -> ModelBundle:
+def assemble_bundle(
+    version: str, tokenizer, localizer, recovery, calibration: Calibration, device: torch.device, refiner=None
+) -> ModelBundle:
     """Build a ModelBundle from loaded models; `localizer` is a LocalizerWeights with its calibration."""
     return ModelBundle(
         version=version,
@@ -126,4 +132,5 @@ def assemble_bundle(version: str, tokenizer, localizer, recovery, calibration: C
         recovery=recovery,
         calibration=calibration,
         device=device,
+        refiner=refiner,
     )

@@ -273,7 +273,9 @@ class Auditor:
         """
         select = torch.tensor(indices, device=canonical.device)
         prefix = [scale[select] for scale in code_tokens]
-        pictures = restore_image(self.bundle.tokenizer, self.bundle.recovery, canonical[select], prefix, mask[select])
+        pictures = restore_image(
+            self.bundle.tokenizer, self.bundle.recovery, canonical[select], prefix, mask[select], refiner=self.bundle.refiner
+        )
         return {index: pictures[j : j + 1] for j, index in enumerate(indices)}
 
     def _restored_crop(self, image: ImageInput, picture, full_mask):

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hcr_model.restoration_blend import blend_with_inpainting
+from hcr_model.restoration_refiner import refine
 
 logger = logging.getLogger(__name__)
 
@@ -467,6 +468,7 @@ def restore_image(
     top_k: int | None = None,
     generator: torch.Generator | None = None,
     blend: bool = True,
+    refiner: nn.Module | None = None,
 ) -> torch.Tensor:
     """Restore the masked region of received images at the working resolution.
 
@@ -476,7 +478,8 @@ def restore_image(
     the chosen tokens. The decoded image is composited into the received one
     (`composite`). With `blend` (the default), the result is then blended
     with a Telea inpainting by distance from the mask edge
-    (`blend_with_inpainting`). Returns (B, 3, R, R): received pixels outside
+    (`blend_with_inpainting`). A `refiner` (`restoration_refiner`) then
+    corrects the blend inside the mask. Returns (B, 3, R, R): received pixels outside
     the mask (bit-identical), restored pixels inside it. Resizing back to the
     input's full resolution is the caller's job.
     """
@@ -493,7 +496,12 @@ def restore_image(
     else:
         decoded = tokenizer.decode(tokens).clamp(0.0, 1.0)
     restored = composite(received, decoded.to(received.device, received.dtype), mask, band_px)
-    return blend_with_inpainting(restored, received, mask) if blend else restored
+    if not blend:
+        return restored
+    blended = blend_with_inpainting(restored, received, mask)
+    if refiner is None:
+        return blended
+    return refine(refiner, received, restored, blended, mask)
 
 
 def save_recovery(model: RecoveryTransformer, path: str | Path, metadata: dict | None = None) -> None:

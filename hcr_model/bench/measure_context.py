@@ -84,6 +84,7 @@ class LoadedModels:
     tokenizer: torch.nn.Module | None = None
     localizer: object | None = None  # hcr_model.localizer.LocalizerWeights
     recovery: torch.nn.Module | None = None
+    refiner: torch.nn.Module | None = None  # optional: None when the folder has no refiner.pt
     bundle: ModelBundle | None = None
     missing: dict[str, str] = field(default_factory=dict)
 
@@ -98,6 +99,7 @@ def load_models(version: str, folder: Path | None, device: torch.device) -> Load
     """Load what exists of a weights version (or of `folder`, a development checkpoint folder)."""
     from hcr_model.localizer import load_localizer
     from hcr_model.recovery import load_recovery
+    from hcr_model.restoration_refiner import load_optional_refiner
     from hcr_model.tokenizer import load_tokenizer
 
     if folder is None:
@@ -119,6 +121,7 @@ def load_models(version: str, folder: Path | None, device: torch.device) -> Load
         except (FileNotFoundError, ValueError, RuntimeError, KeyError) as exc:
             models.missing[name] = f"{type(exc).__name__}: {exc}"
             logger.warning("%s not loaded: %s", name, exc)
+    models.refiner = load_optional_refiner(folder, device)
 
     absent = [name for name in loaders if name in models.missing]
     if absent:
@@ -133,7 +136,7 @@ def load_models(version: str, folder: Path | None, device: torch.device) -> Load
         models.missing["bundle"] = f"{type(exc).__name__}: {exc}"
         return models
 
-    models.bundle = assemble_bundle(version, models.tokenizer, models.localizer, models.recovery, calibration, device)
+    models.bundle = assemble_bundle(version, models.tokenizer, models.localizer, models.recovery, calibration, device, models.refiner)
     return models
 
 

@@ -6,7 +6,9 @@ re-saved as JPEG 75. Every method fills the same ground-truth mask:
 - `transformer`: the audit's restoration (`recovery.restore_image`): the
   recovery Transformer conditioned on the hidden code (greedy, expected
   codebook vectors), with its seam correction, blended with Telea
-  inpainting by distance from the mask edge;
+  inpainting by distance from the mask edge, then corrected by the
+  restoration refiner when the weights ship one;
+- `transformer_no_refiner`: the same without the refiner;
 - `transformer_no_blend`: the same without the inpainting blend, which shows
   what the Transformer alone adds;
 - `code_only`: the tokenizer's decode of the hidden code's scales alone,
@@ -98,9 +100,10 @@ def _restore(ctx: BenchContext, cases: RecoveryCases, method: str) -> torch.Tens
             continue
         code = _code_tokens(ctx, cases.image_index[start:stop])
         device_received, device_mask = received.to(ctx.device), mask.to(ctx.device)
-        if method in ("transformer", "transformer_no_blend"):
-            blend = method == "transformer"
-            restored = restore_image(tokenizer, ctx.models.recovery, device_received, code, device_mask, blend=blend)
+        if method.startswith("transformer"):
+            blend = method != "transformer_no_blend"
+            refiner = ctx.models.refiner if method == "transformer" else None
+            restored = restore_image(tokenizer, ctx.models.recovery, device_received, code, device_mask, blend=blend, refiner=refiner)
         else:
             picture = tokenizer.decode(code, n_scales=len(code))
             restored = composite(device_received, picture.to(device_received.dtype), device_mask)
@@ -119,6 +122,7 @@ def _payload_valid(ctx: BenchContext, cases: RecoveryCases) -> np.ndarray:
 
 METHOD_MODELS = {
     "transformer": ("tokenizer", "recovery"),
+    "transformer_no_refiner": ("tokenizer", "recovery"),
     "transformer_no_blend": ("tokenizer", "recovery"),
     "code_only": ("tokenizer",),
     "telea": (),

@@ -1,1 +1,1 @@
-"""Training entry points (`hcr train tokenizer|localizer|recovery`) and their shared pieces."""
+"""Training entry points (`hcr train tokenizer|localizer|recovery|refiner`) and their shared pieces."""
