@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, default=Path("bench-results"), help="output folder for results.json and results.md (default: bench-results)")
     parser.add_argument("--limit", type=int, default=0, help="use only the first N images; the retrieval gallery keeps every image (default: 0 = all)")
     parser.add_argument("--version", default="v1", help="shipped weights version (default: v1)")
-    parser.add_argument("--weights", type=Path, default=None, help="folder with tokenizer.pt, localizer.pt, recovery.pt and calibration.json, used instead of --version's (default: none)")
+    parser.add_argument("--weights", type=Path, default=None, help="folder with tokenizer.pt, localizer.pt, recovery.pt, calibration.json and optionally refiner.pt, used instead of --version's (default: none)")
     parser.add_argument("--sections", default=None, help=f"comma-separated sections to run (default: all of {', '.join(SECTIONS)})")
     parser.add_argument("--attacks", default=None, help="comma-separated robustness attacks, replacing the suite's (default: the suite's)")
     parser.add_argument("--peers", default=None, help="comma-separated peers among dwtDct, dwtDctSvd, rivaGan; 'none' for no peer (default: all three)")
