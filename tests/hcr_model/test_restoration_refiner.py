@@ -4,7 +4,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hcr_model.bundle import weights_dir
 from hcr_model.restoration_blend import blend_with_inpainting
 from hcr_model.restoration_refiner import (
     RefinerConfig,
@@ -98,11 +97,11 @@ def test_training_steps_raise_psnr(case):
     assert after > before + 0.5
 
 
-def test_shipped_refiner_loads():
-    folder = weights_dir("v1")
-    if not (folder / "refiner.pt").is_file():
-        pytest.skip("weights v1 ship no refiner.pt")
-    model = load_optional_refiner(folder, torch.device("cpu"))
+def test_optional_refiner_loads_from_folder(tmp_path):
+    save_refiner(RestorationRefiner(SMALL), tmp_path / "refiner.pt")
+
+    model = load_optional_refiner(tmp_path, torch.device("cpu"))
 
     assert isinstance(model, RestorationRefiner)
-    assert SIZE * 4 % model.multiple == 0
+    assert model.config == SMALL
+    assert not model.training
