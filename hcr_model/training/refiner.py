@@ -11,7 +11,10 @@ restoration against the blend it starts from. Training then draws flipped
 batches from the cache and minimises the mean over images of log in-mask
 MSE, which is what a mean in-mask PSNR rewards.
 
-    python -m hcr_model.training.refiner --minutes 60 --export hcr_model/weights/v1/refiner.pt
+    python -m hcr_model.training.refiner --minutes 60 --export runs/refiner.pt
+
+A weights folder that contains the exported file as `refiner.pt` restores
+with it (`hcr_model.bundle.load_bundle`).
 """
 
 from __future__ import annotations
