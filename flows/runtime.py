@@ -23,12 +23,11 @@ LOCAL_RAY_ENV = {
     "RAY_USAGE_STATS_ENABLED": "0",
     "RAY_AUTH_MODE": "disabled",
 }
-# Defaults for a local Ray; a user's own setting wins. Ray starts its worker
-# processes, and so the model actors, at nice 15: below Ray's own helper
-# processes, the driver and the Prefect server (nice 10, see
-# flows.prefect_server). On a 2-core machine each of them then took CPU from
-# the actors, which do the run's work. At nice 0 they share the CPU with Ray
-# and the driver as equals and come before the server.
+# Defaults for a local Ray, which a user's own setting overrides. Ray starts
+# its worker processes, and so the model actors, at nice 15. That put them
+# below Ray's helpers, the driver and the Prefect server (nice 10, see
+# flows.prefect_server), which on 2 cores took CPU from the actors. At nice 0
+# the actors share the CPU with Ray and the driver and come before the server.
 LOCAL_RAY_DEFAULTS = {"RAY_worker_niceness": "0"}
 # Defaults only: a user's own Prefect settings win.
 PREFECT_ENV_DEFAULTS = {

@@ -55,7 +55,7 @@ class ModelBundle:
     recovery: torch.nn.Module
     calibration: Calibration
     device: torch.device
-    # The restoration refiner; None in a weights folder without refiner.pt.
+    # The restoration refiner, or None when the weights folder has no refiner.pt.
     refiner: torch.nn.Module | None = None
 
 

@@ -49,8 +49,13 @@ class RefinerConfig:
     dilations: tuple[int, ...] = (2, 4, 8)
     # The U-Net runs at 1/downsample of the input's side and its correction is
     # upsampled bilinearly. Both restorations it corrects are smooth, and a
-    # quarter of the pixels makes CPU training four times cheaper.
+    # quarter of the pixels makes CPU training about four times cheaper.
     downsample: int = 2
+
+    @classmethod
+    def from_dict(cls, values: dict) -> RefinerConfig:
+        """Build a config from `asdict` output, whose tuples may come back from storage as lists."""
+        return cls(**{name: tuple(value) if isinstance(value, list | tuple) else value for name, value in values.items()})
 
 
 def _conv(c_in: int, c_out: int, dilation: int = 1) -> nn.Sequential:
@@ -58,7 +63,7 @@ def _conv(c_in: int, c_out: int, dilation: int = 1) -> nn.Sequential:
 
 
 class RestorationRefiner(nn.Module):
-    """U-Net over the 10 input channels; predicts a (B, 3, R, R) correction of the blend.
+    """U-Net over the 10 input channels that predicts a (B, 3, R, R) correction of the blend.
 
     R must be a multiple of `multiple`. The last layer starts at zero, so an
     untrained refiner returns the blend unchanged.
@@ -89,7 +94,7 @@ class RestorationRefiner(nn.Module):
         return 2 ** (len(self.config.widths) - 1) * self.config.downsample
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        """inputs (B, 10, R, R) -> correction (B, 3, R, R)."""
+        """Return the (B, 3, R, R) correction for (B, 10, R, R) inputs."""
         size = inputs.shape[-2:]
         if self.config.downsample > 1:
             inputs = F.avg_pool2d(inputs, self.config.downsample)
@@ -108,7 +113,7 @@ class RestorationRefiner(nn.Module):
 
 
 def refiner_inputs(received: torch.Tensor, decoded: torch.Tensor, blended: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Stack the refiner's (B, 10, R, R) input; images (B, 3, R, R) in [0, 1], mask (B, 1, R, R) bool."""
+    """Stack the refiner's (B, 10, R, R) input from images (B, 3, R, R) in [0, 1] and a (B, 1, R, R) bool mask."""
     keep = (~mask).to(received.dtype)
     return torch.cat([received * keep, mask.to(received.dtype), decoded, blended], dim=1)
 
@@ -143,8 +148,7 @@ def load_optional_refiner(folder: Path, device: torch.device) -> RestorationRefi
 def load_refiner(path: str | Path, map_location: str | torch.device = "cpu") -> RestorationRefiner:
     """Load a refiner saved by `save_refiner`, in eval mode."""
     payload = torch.load(Path(path), map_location=map_location, weights_only=True)
-    config = RefinerConfig(**{name: tuple(value) if isinstance(value, list) else value for name, value in payload["config"].items()})
-    model = RestorationRefiner(config)
+    model = RestorationRefiner(RefinerConfig.from_dict(payload["config"]))
     model.load_state_dict(payload["state_dict"])
     model.eval()
     logger.info("loaded restoration refiner from %s", path)

@@ -84,7 +84,7 @@ class LoadedModels:
     tokenizer: torch.nn.Module | None = None
     localizer: object | None = None  # hcr_model.localizer.LocalizerWeights
     recovery: torch.nn.Module | None = None
-    refiner: torch.nn.Module | None = None  # optional: None when the folder has no refiner.pt
+    refiner: torch.nn.Module | None = None  # None when the folder has no refiner.pt
     bundle: ModelBundle | None = None
     missing: dict[str, str] = field(default_factory=dict)
 

@@ -125,6 +125,27 @@ class WallBudget:
         return self.spent >= self.total
 
 
+def resume_optimizer(
+    state: dict[str, Any] | None,
+    optimizer: torch.optim.Optimizer,
+    generator: torch.Generator,
+    minutes: float,
+    setup_started: float,
+) -> tuple[int, WallBudget]:
+    """Restore the optimizer and sampling generator from a checkpoint state and return (step, budget).
+
+    A first run (`state` None) starts at step 0 and counts its setup since
+    `setup_started` (a `time.monotonic()` reading, data caching included)
+    against the budget. A resumed run counts the seconds its checkpoint
+    recorded instead.
+    """
+    if state is None:
+        return 0, WallBudget(minutes, spent_seconds=time.monotonic() - setup_started)
+    optimizer.load_state_dict(state["optimizer"])
+    generator.set_state(state["generator"])
+    return int(state["step"]), WallBudget(minutes, spent_seconds=float(state["spent_seconds"]))
+
+
 class MetricLogger:
     """Averages scalar metrics over a logging window; logs them and appends them to ``metrics.jsonl``."""
 

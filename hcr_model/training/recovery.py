@@ -57,12 +57,12 @@ from hcr_model.tokenizer import MultiScaleVQ, load_tokenizer
 from hcr_model.training.common import (
     Checkpointer,
     MetricLogger,
-    WallBudget,
     autocast,
     configure_threads,
     cosine_lr,
-    select_device,
+    resume_optimizer,
     seed_everything,
+    select_device,
     setup_logging,
 )
 from hcr_model.training.tokenizer import CropSampler, cache_photo, canonical, load_split
@@ -506,14 +506,8 @@ def main(argv: list[str] | None = None) -> int:
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=args.weight_decay)
     generator = torch.Generator().manual_seed(args.seed)
-    step = 0
     # Caching time counts against the budget of the first run only.
-    spent = 0.0 if state is None else float(state["spent_seconds"])
-    budget = WallBudget(args.minutes, spent_seconds=spent + (time.monotonic() - budget_start if state is None else 0.0))
-    if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
-        generator.set_state(state["generator"])
-        step = int(state["step"])
+    step, budget = resume_optimizer(state, optimizer, generator, args.minutes, budget_start)
     metrics = MetricLogger(out, args.log_every)
 
     def save() -> None:

@@ -41,9 +41,9 @@ from hcr_model.tokenizer import MultiScaleVQ, load_tokenizer
 from hcr_model.training.common import (
     Checkpointer,
     MetricLogger,
-    WallBudget,
     configure_threads,
     cosine_lr,
+    resume_optimizer,
     seed_everything,
     select_device,
     setup_logging,
@@ -157,7 +157,7 @@ def load_or_build_set(
 
 
 def masked_log_mse(output: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean over images of log(in-mask MSE); output, target (B, 3, R, R), mask (B, 1, R, R) bool."""
+    """Return the mean over images of log(in-mask MSE); output, target (B, 3, R, R), mask (B, 1, R, R) bool."""
     weights = mask.to(output.dtype)
     squared = ((output - target) ** 2 * weights).sum(dim=(1, 2, 3))
     mse = squared / (3.0 * weights.sum(dim=(1, 2, 3)).clamp(min=1.0))
@@ -165,7 +165,7 @@ def masked_log_mse(output: torch.Tensor, target: torch.Tensor, mask: torch.Tenso
 
 
 def masked_psnr_each(output: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """(B,) in-mask PSNR in dB of images in [0, 1]."""
+    """Return the (B,) in-mask PSNR in dB of images in [0, 1]."""
     weights = mask.to(output.dtype)
     mse = ((output - target) ** 2 * weights).sum(dim=(1, 2, 3)) / (3.0 * weights.sum(dim=(1, 2, 3)).clamp(min=1.0))
     return -10.0 * torch.log10(mse.clamp(min=1e-10))
@@ -173,7 +173,7 @@ def masked_psnr_each(output: torch.Tensor, target: torch.Tensor, mask: torch.Ten
 
 @torch.no_grad()
 def evaluate(model: RestorationRefiner, samples: RestorationSet, device: torch.device, batch_size: int = 16) -> dict[str, float]:
-    """Mean in-mask PSNR (dB) of the refined restoration and of the blend and the decode it starts from."""
+    """Measure the mean in-mask PSNR (dB) of the refined restoration, and of the blend and the decode it starts from."""
     model.eval()
     scores: dict[str, list[torch.Tensor]] = {"refined_psnr": [], "blended_psnr": [], "decoded_psnr": []}
     for start in range(0, len(samples), batch_size):
@@ -195,20 +195,15 @@ def sample_batch(samples: RestorationSet, batch_size: int, generator: torch.Gene
     return tuple(torch.where(flip[:, None, None, None], t.flip(-1), t) for t in tensors)
 
 
-def _digest(*paths: Path) -> str:
-    hasher = hashlib.sha256()
-    for path in paths:
-        hasher.update(path.read_bytes())
-    return hasher.hexdigest()[:12]
-
-
-def _weights_path(name_or_path: str, file_name: str) -> Path:
-    path = Path(name_or_path)
-    if path.is_file():
-        return path
+def models_digest(version: str) -> str:
+    """Return a short SHA-256 digest of a weights version's tokenizer and recovery files, which the caches depend on."""
     from hcr_model.bundle import weights_dir
 
-    return weights_dir(name_or_path) / file_name
+    folder = weights_dir(version)
+    hasher = hashlib.sha256()
+    for name in ("tokenizer.pt", "recovery.pt"):
+        hasher.update((folder / name).read_bytes())
+    return hasher.hexdigest()[:12]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -223,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=int, default=0, help="stop after this many steps (0: only the wall budget stops training)")
     p.add_argument("--data", choices=("photos", "fixtures"), default="photos", help="benchmark photos or the wheel fixture photos")
     p.add_argument("--crops-per-photo", type=int, default=7, help="augmented crops per training photo, besides its canonical squash")
-    p.add_argument("--val-samples-per-photo", type=int, default=2, help="edited copies of each validation photo's canonical squash")
+    p.add_argument("--val-samples-per-photo", type=int, default=2, help="edited copies of each validation photo's canonical squash (at least 1)")
     p.add_argument("--batch-size", type=int, default=8, help="samples per step")
     p.add_argument("--lr", type=float, default=1e-3, help="peak AdamW learning rate (cosine schedule over the budget)")
     p.add_argument("--widths", type=str, default="24,48,96,128", help="U-Net widths per level, comma separated")
@@ -234,12 +229,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch default)")
     p.add_argument("--device", type=str, default=None, help="torch device (default: cuda when present, else cpu)")
-    p.add_argument("--export", type=Path, default=None, help="write the shipped weight file here at the end")
+    p.add_argument("--export", type=Path, default=None, help="write the weight file here at the end; a weights folder uses it as refiner.pt")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.val_samples_per_photo < 1:
+        parser.error(f"--val-samples-per-photo must be at least 1, got {args.val_samples_per_photo}")
     setup_logging()
     configure_threads(args.threads)
     seed_everything(args.seed)
@@ -252,14 +250,12 @@ def main(argv: list[str] | None = None) -> int:
 
     ckpt = Checkpointer(out)
     state = ckpt.load()
-    widths = tuple(int(w) for w in args.widths.split(","))
     if state is not None:
-        config = RefinerConfig(**{k: tuple(v) if isinstance(v, list | tuple) else v for k, v in state["config"].items()})
+        config = RefinerConfig.from_dict(state["config"])
     else:
-        config = RefinerConfig(widths=widths, downsample=args.downsample)
+        config = RefinerConfig(widths=tuple(int(width) for width in args.widths.split(",")), downsample=args.downsample)
 
-    # The caches depend on the exact tokenizer and recovery weights.
-    digest = _digest(_weights_path(args.weights, "tokenizer.pt"), _weights_path(args.weights, "recovery.pt"))
+    digest = models_digest(args.weights)
     tokenizer = load_tokenizer(args.weights, device=device)
     recovery = load_recovery(args.weights, map_location=device)
     cache_dir = cache / "refiner"
@@ -281,13 +277,8 @@ def main(argv: list[str] | None = None) -> int:
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
     generator = torch.Generator().manual_seed(args.seed)
-    step = 0
-    spent = 0.0 if state is None else float(state["spent_seconds"])
-    budget = WallBudget(args.minutes, spent_seconds=spent + (time.monotonic() - budget_start if state is None else 0.0))
-    if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
-        generator.set_state(state["generator"])
-        step = int(state["step"])
+    # Caching time counts against the budget of the first run only.
+    step, budget = resume_optimizer(state, optimizer, generator, args.minutes, budget_start)
     metrics = MetricLogger(out, args.log_every)
 
     def save() -> None:
