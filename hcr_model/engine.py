@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 import torch
+import torch.nn.functional as F
 
 from hcr_model.bundle import ModelBundle
 from hcr_model.consistency import consistency_distance
@@ -23,7 +24,9 @@ from hcr_model.payload import PayloadCodec
 from hcr_model.recovery import composite as composite_restoration
 from hcr_model.recovery import restore_image
 from hcr_model.verdict import TAMPERED, VerdictSignals, decide_verdict
-from hcr_model.watermark.dct import DctCarrier
+from hcr_model.watermark.dct import BLOCK, DctCarrier
+from hcr_model.watermark.reading import read_received
+from hcr_model.watermark.sync import crop_region, cropped_note, render_canvases, to_protected_frame, to_received_frame
 
 logger = logging.getLogger(__name__)
 
@@ -162,8 +165,9 @@ class Auditor:
         count = len(images)
         canonical = canonical_batch(images, self.resolution, device)
 
-        # 1. Watermark and payload.
-        extraction = self.carrier.extract(canonical)
+        # 1. Watermark and payload; a cropped image is read after the crop search.
+        reading = read_received(self.carrier, canonical, [image.rgb for image in images])
+        extraction = reading.extraction
         soft = extraction.soft_bits.float().cpu().numpy()
         decoded = [self.codec.decode(soft[i]) for i in range(count)]
         valid = np.array([d.payload_valid for d in decoded])
@@ -174,6 +178,7 @@ class Auditor:
             [self.codec.reencode(d) if d.ecc_ok else (soft[i] > 0).astype(np.uint8) for i, d in enumerate(decoded)]
         )
         evidence = self.carrier.evidence(extraction, torch.from_numpy(expected).to(device))
+        evidence = self._received_frame(evidence, reading.alignments, images)
         probability = torch.sigmoid(bundle.localizer(canonical, evidence).float())  # (B, 1, R, R)
         mask = probability > bundle.localizer_threshold
 
@@ -184,6 +189,8 @@ class Auditor:
         code_picture = tokenizer.decode(code_tokens, n_scales=hidden_scales)
         received_picture = tokenizer.decode(received_tokens, n_scales=hidden_scales)
         distance = consistency_distance(code_picture, received_picture, mask).cpu().numpy()
+        for i in reading.synchronised:
+            distance[i] = self._cropped_distance(images[i], reading.alignments[i], code_picture[i : i + 1], mask[i : i + 1])
 
         # 4. Verdicts, with each mask measured at the input's own size.
         full_masks, fractions, verdicts = [], [], []
@@ -213,7 +220,17 @@ class Auditor:
         for i in tampered:
             height, width = images[i].rgb.shape[:2]
             full_masks[i] = resize_to(probability[i : i + 1], (height, width))[0, 0] > bundle.mask_threshold
-        restored = self._restore(canonical, code_tokens, drawn, tampered) if tampered else {}
+        restore_tokens = code_tokens
+        if reading.synchronised:
+            # The payload's tokens describe the whole protected image; the
+            # restoration needs them over the crop, so they are re-encoded
+            # from the coarse picture seen through the crop.
+            over_crop = tokenizer.encode(self._received_frame(code_picture, reading.alignments, images))[:hidden_scales]
+            restore_tokens = [scale.clone() for scale in code_tokens]
+            for i in reading.synchronised:
+                for scale, cropped in zip(restore_tokens, over_crop):
+                    scale[i] = cropped[i]
+        restored = self._restore(canonical, restore_tokens, drawn, tampered) if tampered else {}
 
         # 6. Retrieval: the payload's code when it is valid, else the code of
         # the restored (or received) pixels through the nearest-neighbour index.
@@ -225,6 +242,9 @@ class Auditor:
             notes = list(image.notes)
             verdict = verdicts[i]
             mask_out = crop = bbox = None
+            alignment = reading.alignments[i]
+            if alignment is not None:
+                notes.append(cropped_note(alignment, *image.rgb.shape[:2], self.resolution))
             if not valid[i]:
                 # Below the reliable size an unreadable payload is expected
                 # after processing, even on a protected image.
@@ -254,6 +274,39 @@ class Auditor:
                 )
             )
         return outputs
+
+    def _cropped_distance(self, image: ImageInput, alignment, code_picture: torch.Tensor, mask: torch.Tensor) -> float:
+        """Consistency of a cropped image, judged on the protected image's grid where the code was computed.
+
+        The received pixels are put back where the crop took them from, the
+        rest of the grid is filled with the code's own coarse picture, and the
+        coarse decode of that composite is compared with the code's picture
+        over the received part only, outside the localized edit. Comparing on
+        the received image's own grid instead would compare two different
+        framings of the coarse picture.
+        """
+        tokenizer = self.bundle.tokenizer
+        hidden_scales = tokenizer.cfg.hidden_scales
+        size = image.rgb.shape[:2]
+        received = rgb_to_tensor(image.rgb).to(code_picture.device)
+        canvas, _ = render_canvases(received, [alignment], self.resolution, BLOCK)
+        inside = crop_region(alignment, size, self.resolution, code_picture.device)  # (1, 1, R, R) bool
+        composite = torch.where(inside, canvas.clamp(0, 1), code_picture.float())
+        picture = tokenizer.decode(tokenizer.encode(composite)[:hidden_scales], n_scales=hidden_scales)
+        edit = to_protected_frame(mask.float(), alignment, size, self.resolution) > 0.5
+        return float(consistency_distance(code_picture, picture, edit | ~inside)[0])
+
+    def _received_frame(self, values: torch.Tensor, alignments, images: list[ImageInput]) -> torch.Tensor:
+        """Move the rows read after crop synchronisation from the protected image's grid onto the received one's."""
+        if not any(alignment is not None for alignment in alignments):
+            return values
+        out = values.clone()
+        for i, alignment in enumerate(alignments):
+            if alignment is not None:
+                height, width = images[i].rgb.shape[:2]
+                moved = to_received_frame(values[i : i + 1], alignment, (height, width), self.resolution)
+                out[i] = F.interpolate(moved, size=values.shape[-2:], mode="area")[0] if values.shape[-1] != self.resolution else moved[0]
+        return out
 
     def _code_tokens(self, decoded, received_tokens, hidden_scales: int) -> list[torch.Tensor]:
         """The trusted coarse tokens: the payload's where valid, else the received image's own."""

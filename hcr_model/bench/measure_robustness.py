@@ -3,7 +3,9 @@
 Each marked copy from the imperceptibility section is attacked with the
 evaluation form of `ATTACKS` at its own size (a resize or crop returns a new
 size), then read back:
-- `hcr`: the carrier reads the canonical grid of the received image. Bit
+- `hcr`: the carrier reads the canonical grid of the received image, and
+  where that finds no watermark, reads it again after the crop search of
+  `watermark.sync` (as the audit does). Bit
   accuracy is over the 256 raw carrier bits. A payload counts as exact when
   the codec decodes it valid (ECC and MAC) with the embedded hidden code.
 - `hcr-32` and the peers: bit accuracy over 32 bits, exact = all 32 right.
@@ -21,17 +23,19 @@ import torch
 
 from hcr_model.bench.measure_context import BATCH, BenchContext, apply_attack, canonical_stack, mean_of
 from hcr_model.bench.measure_imperceptibility import MarkedSet, marked_sets
+from hcr_model.watermark.reading import read_received
 
 logger = logging.getLogger(__name__)
 
 
 def _read_carrier(ctx: BenchContext, carrier, images: list[np.ndarray]) -> np.ndarray:
-    """(B, N) soft bits of the canonical grids of `images`."""
+    """(B, N) soft bits of `images`, read as the audit reads them (canonical grid, then the crop search)."""
     out = []
     with torch.inference_mode():
         for start in range(0, len(images), BATCH):
-            canonical = canonical_stack(images[start : start + BATCH], ctx.resolution, ctx.device)
-            out.append(carrier.extract(canonical).soft_bits.float().cpu().numpy())
+            chunk = images[start : start + BATCH]
+            canonical = canonical_stack(chunk, ctx.resolution, ctx.device)
+            out.append(read_received(carrier, canonical, chunk).extraction.soft_bits.float().cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, carrier.n_bits), np.float32)
 
 
