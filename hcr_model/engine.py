@@ -190,7 +190,15 @@ class Auditor:
         received_picture = tokenizer.decode(received_tokens, n_scales=hidden_scales)
         distance = consistency_distance(code_picture, received_picture, mask).cpu().numpy()
         for i in reading.synchronised:
-            distance[i] = self._cropped_distance(images[i], reading.alignments[i], code_picture[i : i + 1], mask[i : i + 1])
+            # A cropped image is compared in two framings, and its content must
+            # disagree in both to count against it: on its own grid, with the
+            # code's picture moved onto it, and on the protected grid, with the
+            # received pixels put back where the crop took them.
+            moved = self._received_frame(code_picture[i : i + 1], [reading.alignments[i]], images[i : i + 1])
+            own_grid = float(consistency_distance(moved, received_picture[i : i + 1], mask[i : i + 1])[0])
+            protected_grid = self._cropped_distance(images[i], reading.alignments[i], code_picture[i : i + 1], mask[i : i + 1])
+            logger.debug("cropped image %d: consistency distance %.3f on its grid, %.3f on the protected grid", i, own_grid, protected_grid)
+            distance[i] = min(own_grid, protected_grid)
 
         # 4. Verdicts, with each mask measured at the input's own size.
         full_masks, fractions, verdicts = [], [], []
