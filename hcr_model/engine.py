@@ -190,10 +190,10 @@ class Auditor:
         received_picture = tokenizer.decode(received_tokens, n_scales=hidden_scales)
         distance = consistency_distance(code_picture, received_picture, mask).cpu().numpy()
         for i in reading.synchronised:
-            # A cropped image is compared in two framings, and its content must
-            # disagree in both to count against it: on its own grid, with the
-            # code's picture moved onto it, and on the protected grid, with the
-            # received pixels put back where the crop took them.
+            # A cropped image is compared in two framings. On its own grid, the
+            # code's picture is moved onto it; on the protected grid, the
+            # received pixels go back where the crop took them. Its content
+            # must disagree in both to count against it.
             moved = self._received_frame(code_picture[i : i + 1], [reading.alignments[i]], images[i : i + 1])
             own_grid = float(consistency_distance(moved, received_picture[i : i + 1], mask[i : i + 1])[0])
             protected_grid = self._cropped_distance(images[i], reading.alignments[i], code_picture[i : i + 1], mask[i : i + 1])
@@ -230,9 +230,9 @@ class Auditor:
             full_masks[i] = resize_to(probability[i : i + 1], (height, width))[0, 0] > bundle.mask_threshold
         restore_tokens = code_tokens
         if reading.synchronised:
-            # The payload's tokens describe the whole protected image; the
-            # restoration needs them over the crop, so they are re-encoded
-            # from the coarse picture seen through the crop.
+            # The payload's tokens describe the whole protected image, and the
+            # restoration needs them over the crop only. They are re-encoded
+            # from the code's coarse picture seen through the crop.
             over_crop = tokenizer.encode(self._received_frame(code_picture, reading.alignments, images))[:hidden_scales]
             restore_tokens = [scale.clone() for scale in code_tokens]
             for i in reading.synchronised:
@@ -286,12 +286,12 @@ class Auditor:
     def _cropped_distance(self, image: ImageInput, alignment, code_picture: torch.Tensor, mask: torch.Tensor) -> float:
         """Consistency of a cropped image, judged on the protected image's grid where the code was computed.
 
-        The received pixels are put back where the crop took them from, the
-        rest of the grid is filled with the code's own coarse picture, and the
-        coarse decode of that composite is compared with the code's picture
-        over the received part only, outside the localized edit. Comparing on
-        the received image's own grid instead would compare two different
-        framings of the coarse picture.
+        The received pixels go back where the crop took them from, and the
+        code's own coarse picture fills the rest of the grid. The coarse
+        decode of that composite is then compared with the code's picture
+        over the received part only, outside the localized edit. On the
+        received image's own grid, the two coarse pictures would frame the
+        content differently.
         """
         tokenizer = self.bundle.tokenizer
         hidden_scales = tokenizer.cfg.hidden_scales

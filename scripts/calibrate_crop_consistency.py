@@ -3,10 +3,10 @@
 The audit judges a cropped image's content against its hidden code in two
 framings (see `Auditor._cropped_distance`) and keeps the smaller distance.
 This script prints that distance for genuine crops of protected validation
-photos and for mismatched pairs (the code of one photo against the crop of
-the next, under the crop's own alignment, which is what a watermark copied
-onto other content and then cropped would show), so the tolerance for crops
-can be read off both distributions.
+photos and for mismatched pairs: the code of one photo against the crop of
+the next, under the crop's own alignment. A mismatched pair is what a
+watermark copied onto other content and then cropped would show. The
+tolerance for crops can be read off both distributions.
 
 Usage: python scripts/calibrate_crop_consistency.py [--photos 46]
 """

@@ -23,9 +23,17 @@ Coordinates are continuous: pixel i covers [i, i + 1). An alignment maps a
 received pixel coordinate x to the canonical coordinate
 u = offset_x + scale_x * x (and likewise for y).
 
-Measured on the 46 validation photos (1 grey level RMS template, centred
-crops keeping 75 % of the area): the true scale was the strongest peak for
-96 % of the photos and among the three strongest for all of them.
+Measured with scripts/measure_crop_sync.py on the 46 validation photos
+(bit accuracy of the 256 carrier bits, share of photos at 0.97 or more):
+centred crop to 75 % of the area 0.989 (98 %); crop to 70 % at random
+offsets 0.985 (96 %); crop to 75 % then JPEG 75 0.986 (93 %); crop to 90 %,
+JPEG 75, brightness +30 % 0.966 (87 %). The misses are photos whose texture
+puts false peaks above the template's (a carved temple front). Unmarked
+crops reach z = 5.2 at most. The search takes 0.35-0.45 s per image on one
+thread, and 0.6-0.8 s on an unmarked image.
+
+NOTE: the search assumes the crop kept at least half of each side and did
+not rotate the image; a rotation or a crop below that reads as unmarked.
 """
 
 from __future__ import annotations
@@ -288,10 +296,11 @@ def refinement_grid(
 def to_received_frame(values: torch.Tensor, alignment: Alignment, size: tuple[int, int], resolution: int) -> torch.Tensor:
     """Resample (1, C, h, w) values laid over the protected image's canonical grid onto the received one's (1, C, R, R).
 
-    The received image of `size` (H, W) squashed onto its own canonical grid
-    covers only the crop's part of the protected grid: received canonical
-    pixel centre i + 0.5 is received pixel (i + 0.5) * W / R, which the
-    alignment maps into the protected grid. Bilinear, border values outside.
+    The received image of `size` (H, W), squashed onto its own canonical
+    grid, covers only the crop's part of the protected grid. Received
+    canonical pixel centre i + 0.5 is received pixel (i + 0.5) * W / R, and
+    the alignment maps that pixel into the protected grid. Bilinear, with
+    border values outside.
     """
     height, width = size
     device = values.device
@@ -303,7 +312,7 @@ def to_received_frame(values: torch.Tensor, alignment: Alignment, size: tuple[in
 
 
 def cropped_note(alignment: Alignment, height: int, width: int, resolution: int) -> str:
-    """A verdict note that says which part of the protected image a cropped image shows, in percent of each side."""
+    """Name the part of the protected image that a cropped image shows, in percent of each side, for the verdict's notes."""
     left = alignment.offset_x / resolution * 100
     top = alignment.offset_y / resolution * 100
     right = (alignment.offset_x + alignment.scale_x * width) / resolution * 100
@@ -315,7 +324,7 @@ def cropped_note(alignment: Alignment, height: int, width: int, resolution: int)
 
 
 def to_protected_frame(values: torch.Tensor, alignment: Alignment, size: tuple[int, int], resolution: int) -> torch.Tensor:
-    """The inverse of `to_received_frame`: (1, C, R, R) on the received canonical grid -> (1, C, R, R) on the
+    """Invert `to_received_frame`: (1, C, R, R) on the received canonical grid -> (1, C, R, R) on the
     protected one, 0 outside the crop."""
     height, width = size
     device = values.device

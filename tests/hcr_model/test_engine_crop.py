@@ -28,7 +28,7 @@ def centre_crop(rgb: np.ndarray, area: float) -> np.ndarray:
 
 
 @pytest.mark.parametrize("name", ["astronaut.jpg", "rocket.jpg"])
-def test_a_cropped_protected_image_audits_authentic_with_its_payload(engines, photos_dir, name):
+def test_audit_of_a_cropped_protected_image_is_authentic_with_its_payload(engines, photos_dir, name):
     protector, auditor = engines
     rgb = np.asarray(Image.open(photos_dir / name).convert("RGB"))
     protected = protector.protect_batch([ImageInput(name, rgb)])[0]
@@ -46,7 +46,7 @@ def test_a_cropped_protected_image_audits_authentic_with_its_payload(engines, ph
     assert notes == ["cropped: read after crop synchronisation; the image shows x 7-93 %, y 7-93 % of the protected image"]
 
 
-def test_an_unprotected_crop_stays_unmarked(engines, photos_dir):
+def test_audit_of_an_unprotected_crop_is_unmarked(engines, photos_dir):
     _, auditor = engines
     rgb = np.asarray(Image.open(photos_dir / "coffee.jpg").convert("RGB"))
     (result,) = auditor.audit_batch([ImageInput("coffee", centre_crop(rgb, 0.75))])

@@ -53,7 +53,7 @@ def jpeg(rgb: np.ndarray, quality: int) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(buffer.getvalue())).convert("RGB"))
 
 
-def test_template_is_keyed_and_has_its_amplitude():
+def test_sync_template_is_keyed_and_has_its_amplitude():
     pattern = SyncTemplate(KEY).pattern()
     assert pattern.shape == (1, 1, 256, 256)
     assert float(pattern.pow(2).mean().sqrt()) == pytest.approx(AMPLITUDE, rel=0.1)
@@ -63,7 +63,7 @@ def test_template_is_keyed_and_has_its_amplitude():
     assert abs(correlation) < 0.2
 
 
-def test_embedding_without_the_template_leaves_it_out(photos_dir):
+def test_carrier_without_the_template_leaves_it_out(photos_dir):
     rgb = load(photos_dir, "chelsea.jpg")
     canonical = to_canonical(uint8_to_tensor(rgb))
     plain = DctCarrier(KEY, sync_template=False)
@@ -82,7 +82,7 @@ def test_embedding_without_the_template_leaves_it_out(photos_dir):
         ("astronaut.jpg", 0.9, 1.0, 0.0, 75),
     ],
 )
-def test_a_cropped_image_is_read_after_the_crop_search(carrier, photos_dir, name, area, top_share, left_share, post):
+def test_carrier_reads_a_cropped_image_after_the_crop_search(carrier, photos_dir, name, area, top_share, left_share, post):
     rgb = load(photos_dir, name)
     height, width = rgb.shape[:2]
     received, (top, left) = crop(protect(carrier, rgb), area, top_share, left_share)
@@ -124,17 +124,19 @@ def test_read_received_keeps_the_canonical_read_and_leaves_unmarked_crops_alone(
     assert accuracy >= 0.97
 
 
-def test_a_different_key_finds_no_crop(photos_dir):
+def test_carrier_with_another_key_finds_no_crop(photos_dir):
     received, _ = crop(protect(DctCarrier(KEY), load(photos_dir, "chelsea.jpg")), 0.75)
     _, alignment = DctCarrier(OTHER_KEY).read_synchronised(uint8_to_tensor(received))
     assert alignment.score < SYNC_ZSCORE_MIN
 
 
-def test_frames_map_back_and_forth_inside_the_crop():
+def test_sync_frames_map_back_and_forth_inside_the_crop():
     alignment = Alignment(scale_x=0.5, scale_y=0.4, offset_x=20.0, offset_y=12.0)
     size = (500, 400)  # (H, W) received pixels: covers x 20-220, y 12-212 of the protected grid
     region = crop_region(alignment, size, 256)
-    assert bool(region[0, 0, 100, 100]) and not bool(region[0, 0, 5, 100]) and not bool(region[0, 0, 100, 230])
+    assert bool(region[0, 0, 100, 100])
+    assert not bool(region[0, 0, 5, 100])
+    assert not bool(region[0, 0, 100, 230])
 
     ramp = torch.arange(256, dtype=torch.float32).view(1, 1, 1, -1).expand(1, 1, 256, 256).contiguous()
     received = to_received_frame(ramp, alignment, size, 256)
