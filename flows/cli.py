@@ -4,7 +4,7 @@
     hcr audit SRC DEST --registry DEST ...       one verdict row per image, masks, restored crops
     hcr verify DEST --sweep-id ID                compare a run's manifest with its results
     hcr demo                                     protect, edit and audit the bundled photos
-    hcr data build | train tokenizer|localizer|recovery|refiner | bench   (delegated to hcr_model)
+    hcr data build | train tokenizer|localizer|recovery|refiner|watermark | bench   (delegated to hcr_model)
 
 Exit status: 0 on success, 1 when shards failed or verify found problems,
 2 on invalid arguments or configuration (a missing key, for one).
@@ -25,11 +25,11 @@ logger = logging.getLogger(__name__)
 # command -> (module, help); `train` picks the module by its second word.
 DELEGATES = {
     "data": ("hcr_model.data.{sub}", "build the benchmark dataset: hcr data build --help"),
-    "train": ("hcr_model.training.{sub}", "train a model: hcr train tokenizer|localizer|recovery|refiner --help"),
+    "train": ("hcr_model.training.{sub}", "train a model: hcr train tokenizer|localizer|recovery|refiner|watermark --help"),
     "bench": ("hcr_model.bench.runner", "run the benchmark: hcr bench --help"),
     "demo": ("flows.demo", "protect, edit and audit the bundled photos end to end: hcr demo --help"),
 }
-DELEGATE_SUBCOMMANDS = {"data": ("build",), "train": ("tokenizer", "localizer", "recovery", "refiner")}
+DELEGATE_SUBCOMMANDS = {"data": ("build",), "train": ("tokenizer", "localizer", "recovery", "refiner", "watermark")}
 
 
 def _build_parser() -> argparse.ArgumentParser:

@@ -45,6 +45,7 @@ from hcr_model.imaging import (
 )
 from hcr_model.keys import SecretKey
 from hcr_model.payload import DEFAULT_CODE_BITS, PayloadCodec
+from hcr_model.watermark.base import WatermarkBackend
 from hcr_model.watermark.dct import DctCarrier
 
 logger = logging.getLogger(__name__)
@@ -85,6 +86,7 @@ class LoadedModels:
     localizer: object | None = None  # hcr_model.localizer.LocalizerWeights
     recovery: torch.nn.Module | None = None
     refiner: torch.nn.Module | None = None  # None when the folder has no refiner.pt
+    learned_watermark: torch.nn.Module | None = None  # None when the folder has no learned_watermark.pt
     bundle: ModelBundle | None = None
     missing: dict[str, str] = field(default_factory=dict)
 
@@ -101,6 +103,7 @@ def load_models(version: str, folder: Path | None, device: torch.device) -> Load
     from hcr_model.recovery import load_recovery
     from hcr_model.restoration_refiner import load_optional_refiner
     from hcr_model.tokenizer import load_tokenizer
+    from hcr_model.watermark.learned import load_optional_learned
 
     if folder is None:
         try:
@@ -122,6 +125,7 @@ def load_models(version: str, folder: Path | None, device: torch.device) -> Load
             models.missing[name] = f"{type(exc).__name__}: {exc}"
             logger.warning("%s not loaded: %s", name, exc)
     models.refiner = load_optional_refiner(folder, device)
+    models.learned_watermark = load_optional_learned(folder, device)
 
     absent = [name for name in loaders if name in models.missing]
     if absent:
@@ -162,7 +166,7 @@ class TamperCase:
     area: float  # share of edited pixels
 
 
-def embed_full_resolution(carrier: DctCarrier, rgb: np.ndarray, bits: np.ndarray, device: torch.device) -> np.ndarray:
+def embed_full_resolution(carrier: WatermarkBackend, rgb: np.ndarray, bits: np.ndarray, device: torch.device) -> np.ndarray:
     """Embed on the canonical grid and add the residual resized back, as `Protector` does.
 
     rgb: (H, W, 3) uint8; bits: (n_bits,) uint8. Returns (H, W, 3) uint8.

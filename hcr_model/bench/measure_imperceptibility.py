@@ -44,10 +44,10 @@ def eligible_indices(ctx: BenchContext) -> list[int]:
     return [i for i, image in enumerate(ctx.images) if image.rgb.shape[0] * image.rgb.shape[1] >= PEER_MIN_PIXELS]
 
 
-def _random_bits(ctx: BenchContext, method: str, count: int) -> list[np.ndarray]:
+def _random_bits(ctx: BenchContext, method: str, count: int, bits: int = PEER_BITS) -> list[np.ndarray]:
     seed = [ctx.config.seed, 3, sum(method.encode())]
     rng = np.random.default_rng(seed)
-    return list(rng.integers(0, 2, size=(count, PEER_BITS), dtype=np.uint8))
+    return list(rng.integers(0, 2, size=(count, bits), dtype=np.uint8))
 
 
 def _hcr_sets(ctx: BenchContext, indices: list[int]) -> list[MarkedSet]:
@@ -61,7 +61,16 @@ def _hcr_sets(ctx: BenchContext, indices: list[int]) -> list[MarkedSet]:
     marked = [embed_full_resolution(carrier32, ctx.images[i].rgb, b, ctx.device) for i, b in zip(indices, bits)]
     small = MarkedSet("hcr-32", indices, marked, bits, time.perf_counter() - start, "carrier with 32 raw bits, no payload codec")
     ctx.cache["carrier32"] = carrier32
-    return [full, small]
+    sets = [full, small]
+
+    learned = ctx.models.learned_watermark
+    if learned is not None:
+        bits = _random_bits(ctx, "learned", len(indices), learned.n_bits)
+        start = time.perf_counter()
+        marked = [embed_full_resolution(learned, ctx.images[i].rgb, b, ctx.device) for i, b in zip(indices, bits)]
+        note = f"learned localized watermark with {learned.n_bits} raw bits, no payload codec"
+        sets.append(MarkedSet("learned", indices, marked, bits, time.perf_counter() - start, note))
+    return sets
 
 
 def _peer_set(ctx: BenchContext, name: str, indices: list[int]) -> MarkedSet:
@@ -109,7 +118,7 @@ def measure(ctx: BenchContext) -> dict:
         rows.append(
             {
                 "method": marked_set.method,
-                "bits": int(len(marked_set.bits[0])) if marked_set.bits else None,
+                "bits": len(marked_set.bits[0]) if marked_set.bits else None,
                 "images": len(marked_set.indices),
                 "psnr_db": mean_of(psnrs),
                 "psnr_db_min": min(psnrs) if psnrs else None,

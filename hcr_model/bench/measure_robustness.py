@@ -59,6 +59,22 @@ def _score_hcr32(ctx: BenchContext, marked_set: MarkedSet, received: list[np.nda
     }
 
 
+def _score_learned(ctx: BenchContext, marked_set: MarkedSet, received: list[np.ndarray]) -> dict:
+    """The learned backend reads the canonical grid (it has no crop search)."""
+    model = ctx.models.learned_watermark
+    soft = []
+    with torch.inference_mode():
+        for start in range(0, len(received), BATCH):
+            canonical = canonical_stack(received[start : start + BATCH], ctx.resolution, ctx.device)
+            soft.append(model.extract(canonical).soft_bits.float().cpu().numpy())
+    matches = [((row > 0).astype(np.uint8) == bits) for row, bits in zip(np.concatenate(soft), marked_set.bits)]
+    return {
+        "bit_accuracy": mean_of([m.mean() for m in matches]),
+        "exact_rate": float(np.mean([m.all() for m in matches])),
+        "unreadable": 0,
+    }
+
+
 def _score_peer(marked_set: MarkedSet, received: list[np.ndarray]) -> dict:
     from hcr_model.bench.peers import Peer
 
@@ -92,6 +108,8 @@ def measure(ctx: BenchContext) -> dict:
                 scores = _score_hcr(ctx, marked_set, received)
             elif marked_set.method == "hcr-32":
                 scores = _score_hcr32(ctx, marked_set, received)
+            elif marked_set.method == "learned":
+                scores = _score_learned(ctx, marked_set, received)
             else:
                 scores = _score_peer(marked_set, received)
             rows.append({"method": marked_set.method, "attack": attack, "images": len(received), **scores})

@@ -1,0 +1,164 @@
+"""Learned localized watermark: an embedder that writes bits as a luma residual, and an extractor
+that reads them back with a per-pixel detection map.
+
+The second backend of DESIGN §1.3, in the style of Watermark Anything and
+EditGuard, kept beside the DCT carrier and benchmarked against it; it becomes
+the default only if it wins.
+
+- `Embedder`: (B, 3, H, W) image and (B, N) bits -> (B, 1, H, W) luma residual
+  in [-1, 1]. The bits enter as a learned vector broadcast over the quarter
+  resolution grid, so every region carries every bit (a local edit removes
+  repetitions, not bits). The residual is scaled by `strength` and added to
+  luma through `imaging.add_residual`, as the carrier does.
+- `Extractor`: (B, 3, H, W) -> detection logits (B, 1, H/4, W/4), "this
+  pixel carries the watermark", and bit logits (B, N, H/4, W/4). The image's
+  bits are the detection-weighted mean of the per-pixel bit logits, so edited
+  pixels, which the detection map rejects, do not vote.
+
+Both are fully convolutional: training uses crops, the audit the canonical
+grid. `hcr train watermark` (`hcr_model.training.watermark`) trains them.
+
+NOTE: trained on a 2-core CPU only; see the model card beside the weights
+for what that reaches. A GPU run of the same trainer is the way to a model
+that could compete with the carrier.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hcr_model.imaging import add_residual, luma_to_rgb
+from hcr_model.watermark.base import Extraction, WatermarkBackend
+
+logger = logging.getLogger(__name__)
+
+WEIGHTS_NAME = "learned_watermark.pt"
+DETECTION_THRESHOLD = 0.5  # watermark_score = mean detection probability; below it the image reads as unmarked
+
+
+@dataclass(frozen=True)
+class LearnedConfig:
+    n_bits: int = 64
+    channels: int = 32
+    resolution: int = 256  # canonical grid the audit reads
+    strength: float = 0.025  # residual scale at inference (luma, 0-1 range): tanh output times this
+
+    @classmethod
+    def from_dict(cls, values: dict) -> LearnedConfig:
+        known = {name: values[name] for name in cls.__dataclass_fields__ if name in values}
+        return cls(**known)
+
+
+def _block(c_in: int, c_out: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1), nn.GroupNorm(8, c_out), nn.GELU())
+
+
+class Embedder(nn.Module):
+    """Image and bits -> a luma residual in [-1, 1] at the image's size (H, W multiples of 4)."""
+
+    def __init__(self, config: LearnedConfig):
+        super().__init__()
+        c = config.channels
+        self.stem = _block(3, c)
+        self.down = nn.Sequential(_block(c, c, stride=2), _block(c, 2 * c, stride=2))
+        self.bits = nn.Linear(config.n_bits, 2 * c)
+        self.mix = nn.Sequential(_block(4 * c, 2 * c), _block(2 * c, 2 * c))
+        self.up = nn.Sequential(nn.Upsample(scale_factor=4, mode="bilinear", align_corners=False), _block(2 * c, c))
+        self.head = nn.Sequential(_block(2 * c, c), nn.Conv2d(c, 1, 3, padding=1))
+
+    def forward(self, images: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
+        skip = self.stem(images * 2 - 1)
+        features = self.down(skip)  # (B, 2c, H/4, W/4)
+        message = self.bits(bits.float() * 2 - 1)[:, :, None, None].expand_as(features)
+        mixed = self.up(self.mix(torch.cat([features, message], dim=1)))
+        return torch.tanh(self.head(torch.cat([mixed, skip], dim=1)))
+
+
+class Extractor(nn.Module):
+    """Image -> (detection logits (B, 1, H/4, W/4), bit logits (B, N, H/4, W/4))."""
+
+    def __init__(self, config: LearnedConfig):
+        super().__init__()
+        c = config.channels
+        self.body = nn.Sequential(
+            _block(3, c), _block(c, c, stride=2), _block(c, 2 * c, stride=2), _block(2 * c, 2 * c), _block(2 * c, 2 * c)
+        )
+        self.detect = nn.Conv2d(2 * c, 1, 1)
+        self.bits = nn.Conv2d(2 * c, config.n_bits, 1)
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.body(images * 2 - 1)
+        return self.detect(features), self.bits(features)
+
+
+def pooled_bits(detection_logits: torch.Tensor, bit_logits: torch.Tensor) -> torch.Tensor:
+    """(B, 1, h, w) and (B, N, h, w) -> (B, N) bit logits, each pixel weighted by its detection probability."""
+    weights = torch.sigmoid(detection_logits)
+    return (bit_logits * weights).sum(dim=(2, 3)) / weights.sum(dim=(2, 3)).clamp(min=1e-6)
+
+
+class LearnedWatermark(nn.Module, WatermarkBackend):
+    """The learned backend behind the `WatermarkBackend` interface."""
+
+    def __init__(self, config: LearnedConfig):
+        super().__init__()
+        self.config = config
+        self.n_bits = config.n_bits
+        self.resolution = config.resolution
+        self.embedder = Embedder(config)
+        self.extractor = Extractor(config)
+
+    def residual(self, images: torch.Tensor, bits: torch.Tensor, strength: float | None = None) -> torch.Tensor:
+        """(B, 1, H, W) luma residual in image units (0-1), at `strength` (default: the config's)."""
+        scale = self.config.strength if strength is None else strength
+        return self.embedder(images, bits) * scale
+
+    def embed(self, x: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
+        bits = torch.as_tensor(bits, device=x.device)
+        if bits.shape != (x.shape[0], self.n_bits):
+            raise ValueError(f"expected bits ({x.shape[0]}, {self.n_bits}), got {tuple(bits.shape)}")
+        return add_residual(x, luma_to_rgb(self.residual(x, bits)))
+
+    def extract(self, x: torch.Tensor) -> Extraction:
+        detection, bit_logits = self.extractor(x)
+        logits = pooled_bits(detection, bit_logits)
+        soft = torch.tanh(logits / 2)  # the expectation of +-1 under the logit's probability
+        return Extraction(
+            soft_bits=soft,
+            bit_confidence=soft.abs().mean(dim=1),
+            watermark_score=torch.sigmoid(detection).mean(dim=(1, 2, 3)),
+            slots={"detection_logits": detection, "bit_logits": bit_logits},
+        )
+
+    def evidence(self, extraction: Extraction, bits: torch.Tensor) -> torch.Tensor:
+        """(B, 1, R/8, R/8): 1 - detection probability, averaged over each 8 x 8 block."""
+        absent = 1 - torch.sigmoid(extraction.slots["detection_logits"])  # (B, 1, R/4, R/4)
+        return F.avg_pool2d(absent, 2)
+
+
+def save_learned(model: LearnedWatermark, path: str | Path, metrics: dict | None = None) -> None:
+    """Write the weights, config and measured metrics to one file."""
+    torch.save({"config": asdict(model.config), "state_dict": model.state_dict(), "metrics": metrics or {}}, path)
+
+
+def load_optional_learned(folder: str | Path, device: str | torch.device = "cpu") -> LearnedWatermark | None:
+    """Load `folder`/learned_watermark.pt, or return None when the weights folder has none."""
+    path = Path(folder) / WEIGHTS_NAME
+    if not path.is_file():
+        logger.info("no %s in %s: the benchmark reads the DCT carrier only", WEIGHTS_NAME, folder)
+        return None
+    return load_learned(path, device)
+
+
+def load_learned(path: str | Path, device: str | torch.device = "cpu") -> LearnedWatermark:
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    model = LearnedWatermark(LearnedConfig.from_dict(state["config"]))
+    model.load_state_dict(state["state_dict"])
+    logger.info("loaded learned watermark from %s (%d bits)", path, model.n_bits)
+    return model.to(device).eval()
