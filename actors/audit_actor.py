@@ -35,7 +35,7 @@ class AuditWorker(WorkerInfo):
         bundle, key, device = load_models(model)
         self._init_info(key.key_id, bundle.version, device)
         table = load_registry(registry, registry_storage or StorageOptions()) if registry else None
-        self.auditor = Auditor(bundle, key, table)
+        self.auditor = Auditor(bundle, key, table, crop_search=model.crop_search)
 
     def _process(self, spec: ShardSpec) -> tuple[pa.Table, ShardStats]:
         fs, _ = storage.open_url(spec.dest, spec.storage)

@@ -29,6 +29,7 @@ RUN_FIELDS: dict[str, tuple[str, ...]] = {
     "model_version": ("model", "version"),
     "device": ("model", "device"),
     "key_file": ("model", "key_file"),
+    "crop_search": ("model", "crop_search"),
     "max_pixels": ("limits", "max_pixels"),
     "max_file_mb": ("limits", "max_file_mb"),
     "key_mismatch_fraction": ("limits", "key_mismatch_fraction"),

@@ -145,10 +145,11 @@ def size_notes(carrier, height: int, width: int) -> list[str]:
 class Auditor:
     """Read the watermark, localize edits, restore them and find the original."""
 
-    def __init__(self, bundle: ModelBundle, key: SecretKey, registry: pa.Table | None = None):
+    def __init__(self, bundle: ModelBundle, key: SecretKey, registry: pa.Table | None = None, crop_search: bool = True):
         from hcr_model.retrieval import RegistryIndex
 
         self.bundle = bundle
+        self.crop_search = crop_search  # read images that look unmarked again after the crop search
         self.resolution = bundle.tokenizer.cfg.resolution
         self.carrier = DctCarrier(key, resolution=self.resolution)
         self.codec = PayloadCodec(key, n_bits=self.carrier.n_bits, code_bits=bundle.tokenizer.cfg.code_bits)
@@ -166,7 +167,7 @@ class Auditor:
         canonical = canonical_batch(images, self.resolution, device)
 
         # 1. Watermark and payload; a cropped image is read after the crop search.
-        reading = read_received(self.carrier, canonical, [image.rgb for image in images])
+        reading = read_received(self.carrier, canonical, [image.rgb for image in images], crop_search=self.crop_search)
         extraction = reading.extraction
         soft = extraction.soft_bits.float().cpu().numpy()
         decoded = [self.codec.decode(soft[i]) for i in range(count)]

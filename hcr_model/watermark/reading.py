@@ -39,11 +39,14 @@ class Reading:
         return [i for i, alignment in enumerate(self.alignments) if alignment is not None]
 
 
-def read_received(carrier: DctCarrier, canonical: torch.Tensor, images: list[np.ndarray]) -> Reading:
-    """Read (B, 3, R, R) canonical grids; `images` are the same B received (H, W, 3) uint8 images at their own size."""
+def read_received(carrier: DctCarrier, canonical: torch.Tensor, images: list[np.ndarray], crop_search: bool = True) -> Reading:
+    """Read (B, 3, R, R) canonical grids; `images` are the same B received (H, W, 3) uint8 images at their own size.
+
+    `crop_search` False reads the canonical grid only.
+    """
     extraction = carrier.extract(canonical)
     alignments: list[Alignment | None] = [None] * len(images)
-    if carrier.sync is None:
+    if carrier.sync is None or not crop_search:
         return Reading(extraction, alignments)
 
     for i in torch.nonzero(extraction.watermark_score < WATERMARK_THRESHOLD).flatten().tolist():

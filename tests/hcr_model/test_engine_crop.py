@@ -52,3 +52,11 @@ def test_audit_of_an_unprotected_crop_is_unmarked(engines, photos_dir):
     (result,) = auditor.audit_batch([ImageInput("coffee", centre_crop(rgb, 0.75))])
     assert result.verdict == "unmarked"
     assert not any(note.startswith("cropped") for note in result.notes)
+
+
+def test_audit_without_the_crop_search_reads_a_crop_as_unmarked(photos_dir):
+    bundle = load_bundle(device="cpu")
+    rgb = np.asarray(Image.open(photos_dir / "rocket.jpg").convert("RGB"))
+    protected = Protector(bundle, KEY).protect_batch([ImageInput("rocket", rgb)])[0].protected_rgb
+    (result,) = Auditor(bundle, KEY, None, crop_search=False).audit_batch([ImageInput("crop", centre_crop(protected, 0.75))])
+    assert result.verdict == "unmarked"
