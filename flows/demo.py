@@ -1,9 +1,9 @@
 """`hcr demo`: the main job end to end on the bundled real photos.
 
 It protects the photos, makes an archive of edited copies (untouched copies,
-JPEG re-saves, real local edits with ground-truth masks, and a few photos that
-were never protected), audits that archive, and prints each verdict beside
-the expected one.
+JPEG re-saves, crops, real local edits with ground-truth masks, and a few
+photos that were never protected), audits that archive, and prints each
+verdict beside the expected one.
 """
 
 import argparse
@@ -43,9 +43,19 @@ def load_rgb(path: Path) -> np.ndarray:
         return np.asarray(image.convert("RGB"))
 
 
+def crop_at_random(rgb: np.ndarray, area: float, rng: np.random.Generator) -> np.ndarray:
+    """Keep `area` of the pixels (both sides scaled by its square root) at a random offset."""
+    height, width = rgb.shape[:2]
+    side = area**0.5
+    crop_h, crop_w = round(height * side), round(width * side)
+    top, left = int(rng.integers(0, height - crop_h + 1)), int(rng.integers(0, width - crop_w + 1))
+    return np.ascontiguousarray(rgb[top : top + crop_h, left : left + crop_w])
+
+
 def make_edits(protected_dir: Path, originals_dir: Path, edited_dir: Path, truth_dir: Path, seed: int) -> list[dict]:
     """Write the archive to audit and return one ground-truth row per file."""
     rng = np.random.default_rng(seed)
+    crop_rng = np.random.default_rng([seed, 1])  # its own stream, so the edits stay those of earlier releases
     edited_dir.mkdir(parents=True, exist_ok=True)
     truth_dir.mkdir(parents=True, exist_ok=True)
     protected = sorted(p for p in protected_dir.iterdir() if p.is_file())
@@ -66,6 +76,13 @@ def make_edits(protected_dir: Path, originals_dir: Path, edited_dir: Path, truth
         resaved = edited_dir / f"{stem}__jpeg75.jpg"
         save_like(rgb, resaved, quality=75)
         truth.append({"image_id": resaved.name, "edit": "jpeg75", "expected": "authentic", "truth_mask": ""})
+
+        # Every other photo is also cropped to 80 % of its area at a random
+        # offset: the audit finds the crop and reads the payload.
+        if index % 2 == 0:
+            cropped = edited_dir / f"{stem}__crop80{suffix}"
+            save_like(crop_at_random(rgb, 0.8, crop_rng), cropped)
+            truth.append({"image_id": cropped.name, "edit": "crop80", "expected": "authentic", "truth_mask": ""})
 
         kind = DEMO_KINDS[index % len(DEMO_KINDS)]
         donor = load_rgb(protected[(index + 1) % len(protected)])
