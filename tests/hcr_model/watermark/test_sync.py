@@ -146,3 +146,11 @@ def test_sync_frames_map_back_and_forth_inside_the_crop():
     inner = region.clone()
     inner[..., :, :24] = inner[..., :, 216:] = False  # leave the border pixels out
     torch.testing.assert_close(back[inner], ramp[inner], atol=0.1, rtol=0)
+
+
+@pytest.mark.parametrize(("height", "width"), [(1, 1), (8, 300), (31, 45), (300, 8)])
+def test_read_received_handles_tiny_and_thin_images(carrier, height, width):
+    image = np.random.default_rng(height * width).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    reading = read_received(carrier, to_canonical(uint8_to_tensor(image)), [image])
+    assert reading.alignments == [None]
+    assert float(reading.extraction.watermark_score[0]) < WATERMARK_THRESHOLD
