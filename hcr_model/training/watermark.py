@@ -16,11 +16,14 @@ against the share of watermarked, unedited pixels in each quarter-resolution
 cell, and a penalty on image MSE above `--target-psnr`.
 
 Warm-up: for the first `--clean-warmup` of the budget the images are
-neither edited nor attacked, so the extractor first learns to read bits.
+neither edited nor attacked, the detection map is not trained and the
+residual keeps its starting strength, so the extractor first learns to read
+bits.
 
 Strength schedule: the measured failure of a first attempt here (0.66 bit
 accuracy after 15 CPU minutes) was a weak residual from the start, so the
-residual scale starts at `--start-strength` and decays geometrically to
+residual scale holds `--start-strength` through the warm-up and then decays
+geometrically to
 `--strength` by `--anneal-end` of the budget, then stays there.
 
 Training resumes from OUT/last.pt; `--minutes` is the total budget across
@@ -66,11 +69,13 @@ logger = logging.getLogger(__name__)
 TRAIN_ATTACKS = (None, "jpeg75", "jpeg50", "blur1", "noise0.02", "resize0.5", "brightness+30", "contrast-30")
 
 
-def strength_at(progress: float, start: float, final: float, anneal_end: float) -> float:
-    """Residual scale at a budget progress in [0, 1]: geometric decay from `start` to `final` by `anneal_end`."""
+def strength_at(progress: float, start: float, final: float, anneal_end: float, hold: float = 0.0) -> float:
+    """Residual scale at a budget progress in [0, 1]: `start` until `hold`, then a geometric decay to `final` by `anneal_end`."""
     if progress >= anneal_end:
         return final
-    return start * (final / start) ** (progress / anneal_end)
+    if progress <= hold:
+        return start
+    return start * (final / start) ** ((progress - hold) / (anneal_end - hold))
 
 
 def attack(images: torch.Tensor, name: str | None, rng: np.random.Generator) -> torch.Tensor:
@@ -112,7 +117,10 @@ def batch_loss(
     # The image penalty grows with the strength annealing: a strong residual first, then a quiet one.
     image_weight = args.image_weight * min(1.0, progress / args.anneal_end)
 
-    loss = bits_loss + args.detection_weight * detection_loss + image_weight * image_loss
+    # The detection map waits for the warm-up to end: trained from the start, it
+    # took over the shared features and the bits stayed at chance for 3,000 steps.
+    detection_weight = 0.0 if warm else args.detection_weight
+    loss = bits_loss + detection_weight * detection_loss + image_weight * image_loss
     psnr = float((10 * torch.log10(1 / mse.detach()[marked_rows].clamp(min=1e-10))).mean()) if bool(marked_rows.any()) else float("nan")
     parts = {"loss": loss, "bits": bits_loss, "detection": detection_loss}
     return loss, {**{name: float(value.detach()) for name, value in parts.items()}, "bit_acc": accuracy, "psnr": psnr}
@@ -236,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     while not budget.exhausted() and not (args.max_steps and step >= args.max_steps):
         for group in optimizer.param_groups:
             group["lr"] = cosine_lr(args.lr, budget.progress)
-        strength = strength_at(budget.progress, args.start_strength, args.strength, args.anneal_end)
+        strength = strength_at(budget.progress, args.start_strength, args.strength, args.anneal_end, hold=args.clean_warmup)
         clean = torch.stack([sampler.crop(args.crop) for _ in range(args.batch_size)]).to(device)
         with autocast(device):
             loss, scalars = batch_loss(model, clean, strength, budget.progress, args, rng)

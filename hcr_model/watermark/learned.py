@@ -6,14 +6,21 @@ EditGuard, kept beside the DCT carrier and benchmarked against it; it becomes
 the default only if it wins.
 
 - `Embedder`: (B, 3, H, W) image and (B, N) bits -> (B, 1, H, W) luma residual
-  in [-1, 1]. The bits enter as a learned vector broadcast over the quarter
-  resolution grid, so every region carries every bit (a local edit removes
-  repetitions, not bits). The residual is scaled by `strength` and added to
-  luma through `imaging.add_residual`, as the carrier does.
+  in [-1, 1]. The bits enter as a spread-spectrum message map on the quarter
+  resolution grid (each bit a fixed +-1 pattern over every position), so
+  every region carries every bit and a local edit removes repetitions, not
+  bits. The residual is scaled by `strength` and added to luma through
+  `imaging.add_residual`, as the carrier does.
 - `Extractor`: (B, 3, H, W) -> detection logits (B, 1, H/4, W/4), "this
-  pixel carries the watermark", and bit logits (B, N, H/4, W/4). The image's
-  bits are the detection-weighted mean of the per-pixel bit logits, so edited
-  pixels, which the detection map rejects, do not vote.
+  pixel carries the watermark", and bit logits (B, N, H/4, W/4): its estimate
+  of the message map times each bit's pattern. The image's bits are the
+  detection-weighted mean of the per-pixel bit logits, so edited pixels,
+  which the detection map rejects, do not vote.
+
+A first version broadcast a learned message vector instead of the fixed
+patterns; like HiDDeN it had to discover a code from a symmetric start, and
+its bits stayed at chance for 2,400 steps on the CPU. NOTE: the patterns come
+from `code_seed`, not from the secret key, so this backend is not keyed.
 
 Both are fully convolutional: training uses crops, the audit the canonical
 grid. `hcr train watermark` (`hcr_model.training.watermark`) trains them.
@@ -39,6 +46,7 @@ from hcr_model.watermark.base import Extraction, WatermarkBackend
 logger = logging.getLogger(__name__)
 
 WEIGHTS_NAME = "learned_watermark.pt"
+CODE_GRID = 64  # quarter-resolution side of the canonical 256 grid; the code patterns repeat beyond it
 DETECTION_THRESHOLD = 0.5  # watermark_score = mean detection probability; below it the image reads as unmarked
 
 
@@ -48,6 +56,7 @@ class LearnedConfig:
     channels: int = 32
     resolution: int = 256  # canonical grid the audit reads
     strength: float = 0.025  # residual scale at inference (luma, 0-1 range): tanh output times this
+    code_seed: int = 0  # seeds the spread-spectrum code patterns
 
     @classmethod
     def from_dict(cls, values: dict) -> LearnedConfig:
@@ -59,42 +68,76 @@ def _block(c_in: int, c_out: int, stride: int = 1) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1), nn.GroupNorm(8, c_out), nn.GELU())
 
 
+def code_patterns(n_bits: int, height: int, width: int, seed: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """(N, height, width) +-1 spread-spectrum patterns on the quarter-resolution grid.
+
+    Drawn once on a 64 x 64 grid (the canonical 256 grid at a quarter) and
+    tiled beyond it, so a crop of the training size sees the top-left part of
+    the same patterns the audit reads.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    base = torch.randint(0, 2, (n_bits, CODE_GRID, CODE_GRID), generator=generator).float() * 2 - 1
+    reps_y, reps_x = -(-height // CODE_GRID), -(-width // CODE_GRID)
+    return base.repeat(1, reps_y, reps_x)[:, :height, :width].to(device)
+
+
+def message_map(bits: torch.Tensor, patterns: torch.Tensor) -> torch.Tensor:
+    """(B, N) bits and (N, h, w) patterns -> (B, 1, h, w) spread-spectrum message, unit variance."""
+    signs = bits.float() * 2 - 1
+    return torch.einsum("bn,nhw->bhw", signs, patterns).unsqueeze(1) / patterns.shape[0] ** 0.5
+
+
 class Embedder(nn.Module):
-    """Image and bits -> a luma residual in [-1, 1] at the image's size (H, W multiples of 4)."""
+    """Image and bits -> a luma residual in [-1, 1] at the image's size (H, W multiples of 4).
+
+    The bits enter as a spread-spectrum message map on the quarter grid
+    (`message_map`): the network learns how to render that map invisibly and
+    robustly in each image, not an arbitrary code, which it learned far faster.
+    """
 
     def __init__(self, config: LearnedConfig):
         super().__init__()
         c = config.channels
+        self.config = config
         self.stem = _block(3, c)
         self.down = nn.Sequential(_block(c, c, stride=2), _block(c, 2 * c, stride=2))
-        self.bits = nn.Linear(config.n_bits, 2 * c)
-        self.mix = nn.Sequential(_block(4 * c, 2 * c), _block(2 * c, 2 * c))
+        self.mix = nn.Sequential(_block(2 * c + 1, 2 * c), _block(2 * c, 2 * c))
         self.up = nn.Sequential(nn.Upsample(scale_factor=4, mode="bilinear", align_corners=False), _block(2 * c, c))
-        self.head = nn.Sequential(_block(2 * c, c), nn.Conv2d(c, 1, 3, padding=1))
+        self.head = nn.Sequential(_block(2 * c + 1, c), nn.Conv2d(c, 1, 3, padding=1))
 
     def forward(self, images: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
         skip = self.stem(images * 2 - 1)
         features = self.down(skip)  # (B, 2c, H/4, W/4)
-        message = self.bits(bits.float() * 2 - 1)[:, :, None, None].expand_as(features)
+        patterns = code_patterns(self.config.n_bits, *features.shape[-2:], self.config.code_seed, images.device)
+        message = message_map(bits, patterns)  # (B, 1, H/4, W/4)
         mixed = self.up(self.mix(torch.cat([features, message], dim=1)))
-        return torch.tanh(self.head(torch.cat([mixed, skip], dim=1)))
+        full = F.interpolate(message, size=images.shape[-2:], mode="nearest")
+        return torch.tanh(self.head(torch.cat([mixed, skip, full], dim=1)))
 
 
 class Extractor(nn.Module):
-    """Image -> (detection logits (B, 1, H/4, W/4), bit logits (B, N, H/4, W/4))."""
+    """Image -> (detection logits (B, 1, H/4, W/4), bit logits (B, N, H/4, W/4)).
+
+    The network estimates the message map at each quarter-grid pixel; a
+    pixel's bit logits are that estimate times each bit's pattern there.
+    """
 
     def __init__(self, config: LearnedConfig):
         super().__init__()
         c = config.channels
+        self.config = config
         self.body = nn.Sequential(
             _block(3, c), _block(c, c, stride=2), _block(c, 2 * c, stride=2), _block(2 * c, 2 * c), _block(2 * c, 2 * c)
         )
         self.detect = nn.Conv2d(2 * c, 1, 1)
-        self.bits = nn.Conv2d(2 * c, config.n_bits, 1)
+        self.message = nn.Conv2d(2 * c, 1, 1)
+        self.gain = nn.Parameter(torch.tensor(4.0))  # logit scale of one pixel's vote
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         features = self.body(images * 2 - 1)
-        return self.detect(features), self.bits(features)
+        estimate = self.message(features)  # (B, 1, h, w)
+        patterns = code_patterns(self.config.n_bits, *estimate.shape[-2:], self.config.code_seed, images.device)
+        return self.detect(features), self.gain * estimate * patterns.unsqueeze(0)
 
 
 def pooled_bits(detection_logits: torch.Tensor, bit_logits: torch.Tensor) -> torch.Tensor:
