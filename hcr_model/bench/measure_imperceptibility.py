@@ -65,6 +65,7 @@ def _hcr_sets(ctx: BenchContext, indices: list[int]) -> list[MarkedSet]:
 
     learned = ctx.models.learned_watermark
     if learned is not None:
+        learned.use_key(ctx.key)  # robustness reads the same object, with the same patterns
         bits = _random_bits(ctx, "learned", len(indices), learned.n_bits)
         start = time.perf_counter()
         marked = [embed_full_resolution(learned, ctx.images[i].rgb, b, ctx.device) for i, b in zip(indices, bits)]

@@ -19,8 +19,8 @@ the default only if it wins.
 
 A first version broadcast a learned message vector instead of the fixed
 patterns; like HiDDeN it had to discover a code from a symmetric start, and
-its bits stayed at chance for 2,400 steps on the CPU. NOTE: the patterns come
-from `code_seed`, not from the secret key, so this backend is not keyed.
+its bits stayed at chance for 2,400 steps on the CPU. Training draws the
+patterns from `code_seed`; `use_key` draws them from the secret key.
 
 Both are fully convolutional: training uses crops, the audit the canonical
 grid. `hcr train watermark` (`hcr_model.training.watermark`) trains them.
@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hcr_model.imaging import add_residual, luma_to_rgb
+from hcr_model.keys import SecretKey
 from hcr_model.watermark.base import Extraction, WatermarkBackend
 
 logger = logging.getLogger(__name__)
@@ -99,6 +100,7 @@ class Embedder(nn.Module):
         super().__init__()
         c = config.channels
         self.config = config
+        self.code_seed = config.code_seed
         self.stem = _block(3, c)
         self.down = nn.Sequential(_block(c, c, stride=2), _block(c, 2 * c, stride=2))
         self.mix = nn.Sequential(_block(2 * c + 1, 2 * c), _block(2 * c, 2 * c))
@@ -108,7 +110,7 @@ class Embedder(nn.Module):
     def forward(self, images: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
         skip = self.stem(images * 2 - 1)
         features = self.down(skip)  # (B, 2c, H/4, W/4)
-        patterns = code_patterns(self.config.n_bits, *features.shape[-2:], self.config.code_seed, images.device)
+        patterns = code_patterns(self.config.n_bits, *features.shape[-2:], self.code_seed, images.device)
         message = message_map(bits, patterns)  # (B, 1, H/4, W/4)
         mixed = self.up(self.mix(torch.cat([features, message], dim=1)))
         full = F.interpolate(message, size=images.shape[-2:], mode="nearest")
@@ -126,6 +128,7 @@ class Extractor(nn.Module):
         super().__init__()
         c = config.channels
         self.config = config
+        self.code_seed = config.code_seed
         self.body = nn.Sequential(
             _block(3, c), _block(c, c, stride=2), _block(c, 2 * c, stride=2), _block(2 * c, 2 * c), _block(2 * c, 2 * c)
         )
@@ -136,7 +139,7 @@ class Extractor(nn.Module):
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         features = self.body(images * 2 - 1)
         estimate = self.message(features)  # (B, 1, h, w)
-        patterns = code_patterns(self.config.n_bits, *estimate.shape[-2:], self.config.code_seed, images.device)
+        patterns = code_patterns(self.config.n_bits, *estimate.shape[-2:], self.code_seed, images.device)
         return self.detect(features), self.gain * estimate * patterns.unsqueeze(0)
 
 
@@ -156,6 +159,17 @@ class LearnedWatermark(nn.Module, WatermarkBackend):
         self.resolution = config.resolution
         self.embedder = Embedder(config)
         self.extractor = Extractor(config)
+
+    def use_key(self, key: SecretKey) -> LearnedWatermark:
+        """Draw the code patterns from `key` instead of `code_seed`, and return self.
+
+        Neither network depends on the patterns themselves: the embedder
+        renders whatever message map it is given and the extractor estimates
+        that map, so the patterns can be keyed after training.
+        """
+        seed = int.from_bytes(key.derive("watermark/learned/v1")[:8], "big") & (2**63 - 1)
+        self.embedder.code_seed = self.extractor.code_seed = seed
+        return self
 
     def residual(self, images: torch.Tensor, bits: torch.Tensor, strength: float | None = None) -> torch.Tensor:
         """(B, 1, H, W) luma residual in image units (0-1), at `strength` (default: the config's)."""

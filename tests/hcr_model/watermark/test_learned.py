@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 
 from hcr_model.imaging import to_canonical, uint8_to_tensor
+from hcr_model.keys import SecretKey
 from hcr_model.training.watermark import batch_loss, main, strength_at
 from hcr_model.watermark.base import WatermarkBackend
 from hcr_model.watermark.learned import LearnedConfig, LearnedWatermark, load_learned, load_optional_learned, save_learned
@@ -89,3 +90,13 @@ def test_learned_trainer_resumes_and_exports_loadable_weights(tmp_path):
     state = torch.load(export, weights_only=True)
     assert state["metrics"]["steps"] == 3
     assert load_learned(export).n_bits == 16
+
+
+def test_learned_backend_draws_its_code_patterns_from_the_key():
+    model = LearnedWatermark(CONFIG)
+    assert model.embedder.code_seed == model.extractor.code_seed == CONFIG.code_seed
+    model.use_key(SecretKey(bytes(range(32))))
+    keyed = model.embedder.code_seed
+    assert keyed == model.extractor.code_seed != CONFIG.code_seed
+    model.use_key(SecretKey(bytes(range(1, 33))))
+    assert model.embedder.code_seed != keyed
