@@ -22,9 +22,8 @@ bits.
 
 Strength schedule: the measured failure of a first attempt here (0.66 bit
 accuracy after 15 CPU minutes) was a weak residual from the start, so the
-residual scale holds `--start-strength` through the warm-up and then decays
-geometrically to
-`--strength` by `--anneal-end` of the budget, then stays there.
+residual scale stays at `--start-strength` through the warm-up, then decays
+geometrically to `--strength` by `--anneal-end` of the budget.
 
 Training resumes from OUT/last.pt; `--minutes` is the total budget across
 resumes. `--export` writes the weight file with the final validation metrics.
@@ -87,7 +86,7 @@ def attack(images: torch.Tensor, name: str | None, rng: np.random.Generator) -> 
 def batch_loss(
     model: LearnedWatermark, clean: torch.Tensor, strength: float, progress: float, args, rng: np.random.Generator
 ) -> tuple[torch.Tensor, dict]:
-    """One step's loss and its logged parts; `progress` (0-1 of the budget) gates the warm-up."""
+    """Return one step's loss and its logged parts; `progress` (0-1 of the budget) gates the warm-up."""
     batch = clean.shape[0]
     warm = progress < args.clean_warmup  # bits only: no edits, no attacks
     bits = torch.from_numpy(rng.integers(0, 2, (batch, model.n_bits))).to(clean.device).float()

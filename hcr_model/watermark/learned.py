@@ -2,8 +2,8 @@
 that reads them back with a per-pixel detection map.
 
 The second backend of DESIGN §1.3, in the style of Watermark Anything and
-EditGuard, kept beside the DCT carrier and benchmarked against it; it becomes
-the default only if it wins.
+EditGuard. It is kept beside the DCT carrier and benchmarked against it, and
+it becomes the default only if it wins.
 
 - `Embedder`: (B, 3, H, W) image and (B, N) bits -> (B, 1, H, W) luma residual
   in [-1, 1]. The bits enter as a spread-spectrum message map on the quarter
@@ -73,8 +73,8 @@ def code_patterns(n_bits: int, height: int, width: int, seed: int, device: torch
     """(N, height, width) +-1 spread-spectrum patterns on the quarter-resolution grid.
 
     Drawn once on a 64 x 64 grid (the canonical 256 grid at a quarter) and
-    tiled beyond it, so a crop of the training size sees the top-left part of
-    the same patterns the audit reads.
+    tiled beyond it. A training crop therefore gets the top-left part of the
+    patterns that the audit reads.
     """
     generator = torch.Generator().manual_seed(seed)
     base = torch.randint(0, 2, (n_bits, CODE_GRID, CODE_GRID), generator=generator).float() * 2 - 1
