@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 import torch
-import torch.nn.functional as F
 
 from hcr_model.bundle import ModelBundle
 from hcr_model.consistency import consistency_distance
@@ -195,7 +194,7 @@ class Auditor:
             # code's picture is moved onto it; on the protected grid, the
             # received pixels go back where the crop took them. Its content
             # must disagree in both to count against it.
-            moved = self._received_frame(code_picture[i : i + 1], [reading.alignments[i]], images[i : i + 1])
+            moved = to_received_frame(code_picture[i : i + 1], reading.alignments[i], images[i].rgb.shape[:2], self.resolution)
             own_grid = float(consistency_distance(moved, received_picture[i : i + 1], mask[i : i + 1])[0])
             protected_grid = self._cropped_distance(images[i], reading.alignments[i], code_picture[i : i + 1], mask[i : i + 1])
             logger.debug("cropped image %d: consistency distance %.3f on its grid, %.3f on the protected grid", i, own_grid, protected_grid)
@@ -230,15 +229,16 @@ class Auditor:
             height, width = images[i].rgb.shape[:2]
             full_masks[i] = resize_to(probability[i : i + 1], (height, width))[0, 0] > bundle.mask_threshold
         restore_tokens = code_tokens
-        if reading.synchronised:
+        cropped_tampered = [i for i in tampered if reading.alignments[i] is not None]
+        if cropped_tampered:
             # The payload's tokens describe the whole protected image, and the
             # restoration needs them over the crop only. They are re-encoded
             # from the code's coarse picture seen through the crop.
-            over_crop = tokenizer.encode(self._received_frame(code_picture, reading.alignments, images))[:hidden_scales]
             restore_tokens = [scale.clone() for scale in code_tokens]
-            for i in reading.synchronised:
-                for scale, cropped in zip(restore_tokens, over_crop):
-                    scale[i] = cropped[i]
+            for i in cropped_tampered:
+                moved = to_received_frame(code_picture[i : i + 1], reading.alignments[i], images[i].rgb.shape[:2], self.resolution)
+                for scale, cropped in zip(restore_tokens, tokenizer.encode(moved)[:hidden_scales]):
+                    scale[i] = cropped[0]
         restored = self._restore(canonical, restore_tokens, drawn, tampered) if tampered else {}
 
         # 6. Retrieval: the payload's code when it is valid, else the code of
@@ -285,14 +285,12 @@ class Auditor:
         return outputs
 
     def _cropped_distance(self, image: ImageInput, alignment, code_picture: torch.Tensor, mask: torch.Tensor) -> float:
-        """Consistency of a cropped image, judged on the protected image's grid where the code was computed.
+        """Measure a cropped image's consistency distance on the protected image's grid, where the code was computed.
 
         The received pixels go back where the crop took them from, and the
         code's own coarse picture fills the rest of the grid. The coarse
         decode of that composite is then compared with the code's picture
-        over the received part only, outside the localized edit. On the
-        received image's own grid, the two coarse pictures would frame the
-        content differently.
+        over the received part only, outside the localized edit.
         """
         tokenizer = self.bundle.tokenizer
         hidden_scales = tokenizer.cfg.hidden_scales
@@ -312,9 +310,7 @@ class Auditor:
         out = values.clone()
         for i, alignment in enumerate(alignments):
             if alignment is not None:
-                height, width = images[i].rgb.shape[:2]
-                moved = to_received_frame(values[i : i + 1], alignment, (height, width), self.resolution)
-                out[i] = F.interpolate(moved, size=values.shape[-2:], mode="area")[0] if values.shape[-1] != self.resolution else moved[0]
+                out[i] = to_received_frame(values[i : i + 1], alignment, images[i].rgb.shape[:2], self.resolution)[0]
         return out
 
     def _code_tokens(self, decoded, received_tokens, hidden_scales: int) -> list[torch.Tensor]:

@@ -60,7 +60,7 @@ def _score_hcr32(ctx: BenchContext, marked_set: MarkedSet, received: list[np.nda
 
 
 def _score_learned(ctx: BenchContext, marked_set: MarkedSet, received: list[np.ndarray]) -> dict:
-    """The learned backend reads the canonical grid (it has no crop search)."""
+    """Score the learned backend, which reads the canonical grid only because it has no crop search."""
     model = ctx.models.learned_watermark
     soft = []
     with torch.inference_mode():

@@ -7,7 +7,9 @@ import json
 import logging
 import math
 import os
+import platform
 import random
+import sys
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -186,3 +188,16 @@ class MetricLogger:
         self.window_items = 0
         self.window_start = time.monotonic()
         return means
+
+
+def export_metadata(step: int, budget: WallBudget, batch_size: int, data: str, device: torch.device, **extra: Any) -> dict[str, Any]:
+    """Describe a finished run for its exported weight file: steps, time, samples, data, machine and command."""
+    return {
+        "steps": step,
+        "train_minutes": round(budget.spent / 60, 1),
+        "samples_seen": step * batch_size,
+        "data": data,
+        **extra,
+        "machine": f"{platform.machine()} {torch.get_num_threads()} thread(s), {device.type}",
+        "command": " ".join(sys.argv),
+    }

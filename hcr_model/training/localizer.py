@@ -57,8 +57,8 @@ from hcr_model.training.common import (
     autocast,
     configure_threads,
     cosine_lr,
-    select_device,
     seed_everything,
+    select_device,
     setup_logging,
 )
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import logging
-import platform
 import random
 import sys
 import time
@@ -43,6 +42,7 @@ from hcr_model.training.common import (
     MetricLogger,
     configure_threads,
     cosine_lr,
+    export_metadata,
     resume_optimizer,
     seed_everything,
     select_device,
@@ -325,17 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     logger.info("finished at step %d after %.1f min: %s", step, budget.spent / 60, " ".join(f"{k}={v:.4g}" for k, v in result.items()))
 
     if args.export is not None:
-        metadata = {
-            "steps": step,
-            "train_minutes": round(budget.spent / 60, 1),
-            "samples_seen": step * args.batch_size,
-            "data": args.data,
-            "train_samples": len(train),
-            "models_digest": digest,
-            "machine": f"{platform.machine()} {torch.get_num_threads()} thread(s), {device.type}",
-            "command": " ".join(sys.argv),
-            **result,
-        }
+        metadata = export_metadata(step, budget, args.batch_size, args.data, device, train_samples=len(train), models_digest=digest, **result)
         args.export.parent.mkdir(parents=True, exist_ok=True)
         save_refiner(model.cpu().eval(), args.export, metadata=metadata)
         logger.info("exported refiner weights to %s", args.export)

@@ -20,10 +20,10 @@ neither edited nor attacked, the detection map is not trained and the
 residual keeps its starting strength, so the extractor first learns to read
 bits.
 
-Strength schedule: the measured failure of a first attempt here (0.66 bit
-accuracy after 15 CPU minutes) was a weak residual from the start, so the
-residual scale stays at `--start-strength` through the warm-up, then decays
-geometrically to `--strength` by `--anneal-end` of the budget.
+Strength schedule: a learned watermark trained with a weak residual from
+the start stayed at 0.66 bit accuracy after 15 CPU minutes. The residual
+scale therefore stays at `--start-strength` through the warm-up, then
+decays geometrically to `--strength` by `--anneal-end` of the budget.
 
 Training resumes from OUT/last.pt; `--minutes` is the total budget across
 resumes. `--export` writes the weight file with the final validation metrics.
@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-import platform
 import random
 import sys
 import time
@@ -55,6 +54,7 @@ from hcr_model.training.common import (
     autocast,
     configure_threads,
     cosine_lr,
+    export_metadata,
     resume_optimizer,
     seed_everything,
     select_device,
@@ -69,7 +69,7 @@ TRAIN_ATTACKS = (None, "jpeg75", "jpeg50", "blur1", "noise0.02", "resize0.5", "b
 
 
 def strength_at(progress: float, start: float, final: float, anneal_end: float, hold: float = 0.0) -> float:
-    """Residual scale at a budget progress in [0, 1]: `start` until `hold`, then a geometric decay to `final` by `anneal_end`."""
+    """Return the residual scale at a budget progress in [0, 1]: `start` until `hold`, then a geometric decay to `final` by `anneal_end`."""
     if progress >= anneal_end:
         return final
     if progress <= hold:
@@ -78,6 +78,7 @@ def strength_at(progress: float, start: float, final: float, anneal_end: float, 
 
 
 def attack(images: torch.Tensor, name: str | None, rng: np.random.Generator) -> torch.Tensor:
+    """Apply the training form of attack `name` (None: no attack), with real JPEG and a straight-through gradient."""
     if name is None:
         return images
     return ATTACKS[name].apply_train(images, rng, jpeg_mode="straight_through")
@@ -109,25 +110,24 @@ def batch_loss(
     if bool(marked_rows.any()):
         bits_loss = F.binary_cross_entropy_with_logits(logits[marked_rows], bits[marked_rows])
         accuracy = float(((logits[marked_rows] > 0).float() == bits[marked_rows]).float().mean())
+        psnr = float((10 * torch.log10(1 / mse.detach()[marked_rows].clamp(min=1e-10))).mean())
     else:
-        bits_loss, accuracy = logits.sum() * 0, float("nan")
+        bits_loss, accuracy, psnr = logits.sum() * 0, float("nan"), float("nan")
     target_mse = 10 ** (-args.target_psnr / 10)
     image_loss = F.relu(mse / target_mse - 1).mean()
     # The image penalty grows with the strength annealing: a strong residual first, then a quiet one.
     image_weight = args.image_weight * min(1.0, progress / args.anneal_end)
 
-    # The detection map waits for the warm-up to end: trained from the start, it
-    # took over the shared features and the bits stayed at chance for 3,000 steps.
+    # The detection map starts training after the warm-up, so the shared features first serve the bits.
     detection_weight = 0.0 if warm else args.detection_weight
     loss = bits_loss + detection_weight * detection_loss + image_weight * image_loss
-    psnr = float((10 * torch.log10(1 / mse.detach()[marked_rows].clamp(min=1e-10))).mean()) if bool(marked_rows.any()) else float("nan")
     parts = {"loss": loss, "bits": bits_loss, "detection": detection_loss}
     return loss, {**{name: float(value.detach()) for name, value in parts.items()}, "bit_acc": accuracy, "psnr": psnr}
 
 
 @torch.no_grad()
 def evaluate(model: LearnedWatermark, images: torch.Tensor, seed: int) -> dict[str, float]:
-    """Validation on canonical squashes at the final strength: PSNR, bit accuracy clean and after JPEG 75 and 50,
+    """Measure on canonical squashes at the config's strength: PSNR, bit accuracy clean and after JPEG 75 and 50,
     exact rate clean, detection F1 of 10-35 % edits, and the score of unmarked images."""
     model.eval()
     rng = np.random.default_rng(seed)
@@ -270,15 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     logger.info("finished at step %d after %.1f min: %s", step, budget.spent / 60, " ".join(f"{k}={v:.4g}" for k, v in result.items()))
 
     if args.export is not None:
-        metadata = {
-            "steps": step,
-            "train_minutes": round(budget.spent / 60, 1),
-            "samples_seen": step * args.batch_size,
-            "data": args.data,
-            "machine": f"{platform.machine()} {torch.get_num_threads()} thread(s), {device.type}",
-            "command": " ".join(sys.argv),
-            **result,
-        }
+        metadata = export_metadata(step, budget, args.batch_size, args.data, device, **result)
         args.export.parent.mkdir(parents=True, exist_ok=True)
         save_learned(model.cpu().eval(), args.export, metrics=metadata)
         logger.info("exported learned watermark to %s", args.export)

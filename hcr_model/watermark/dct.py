@@ -435,13 +435,13 @@ class DctCarrier(WatermarkBackend):
     def read_synchronised(self, image: torch.Tensor) -> tuple[Extraction, Alignment] | None:
         """Read a received (1, 3, H, W) image in [0, 1] at its own size, after finding its crop.
 
-        The sync template proposes candidate alignments; each is expanded by
-        its whole-period offset shifts, the hypotheses whose carrier
-        repetitions agree best (the z-score of `_agreement_zscore`, at a few
-        contrast gains) are refined on small grids of offsets and scales, and
-        the best is read in full.
-        The extraction is on the canonical grid of the protected image, with
-        the blocks the crop removed left out. None without a sync template.
+        The sync template proposes candidate alignments, each expanded by its
+        whole-period offset shifts. The hypotheses whose carrier repetitions
+        agree best (the z-score of `_agreement_zscore`, at a few contrast
+        gains) are refined on small grids of offsets and scales, and the best
+        one is read in full. The extraction lies on the protected image's
+        canonical grid, without the blocks the crop removed. Returns None for
+        a carrier without a sync template.
         """
         if self.sync is None:
             return None
@@ -475,8 +475,8 @@ class DctCarrier(WatermarkBackend):
         extraction = self._read_luma(canvas, valid)
         return extraction, Alignment(best.scale_x, best.scale_y, best.offset_x, best.offset_y, float(extraction.slots["zscore"][0]))
 
-    def _hypothesis_zscores(self, luma: torch.Tensor, hypotheses: list, batch: int = 32) -> torch.Tensor:
-        """(len(hypotheses),) agreement z-scores, each the best over SYNC_GAINS."""
+    def _hypothesis_zscores(self, luma: torch.Tensor, hypotheses: list[Alignment], batch: int = 32) -> torch.Tensor:
+        """Return the (len(hypotheses),) agreement z-scores, each the best over SYNC_GAINS."""
         tables = self._tables(luma.device)
         out = []
         for start in range(0, len(hypotheses), batch):
@@ -492,7 +492,7 @@ class DctCarrier(WatermarkBackend):
         return torch.cat(out)
 
     def _read_luma(self, luma: torch.Tensor, valid: torch.Tensor | None = None) -> Extraction:
-        """Read (B, 1, R, R) canonical luma in grey levels; `valid` (B, blocks) leaves blocks out."""
+        """Read (B, 1, R, R) canonical luma in grey levels, leaving out the blocks where `valid` (B, blocks) is 0."""
         tables = self._tables(luma.device)
         coefficients = blocks_dct(luma, tables["dct"])
         reading = self._read_slots(coefficients[:, :, tables["position_index"]], self.block_texture(coefficients), valid)

@@ -1,7 +1,7 @@
 """Learned localized watermark: an embedder that writes bits as a luma residual, and an extractor
 that reads them back with a per-pixel detection map.
 
-The second backend of DESIGN §1.3, in the style of Watermark Anything and
+The second watermark backend, in the style of Watermark Anything and
 EditGuard. It is kept beside the DCT carrier and benchmarked against it, and
 it becomes the default only if it wins.
 
@@ -18,16 +18,17 @@ it becomes the default only if it wins.
   which the detection map rejects, do not vote.
 
 A first version broadcast a learned message vector instead of the fixed
-patterns; like HiDDeN it had to discover a code from a symmetric start, and
-its bits stayed at chance for 2,400 steps on the CPU. Training draws the
-patterns from `code_seed`; `use_key` draws them from the secret key.
+patterns. Like HiDDeN, it then had to discover a code from a symmetric
+start, and its bits stayed at chance for 2,400 steps on the CPU. Training
+draws the patterns from `code_seed`, and `use_key` draws them from the
+secret key.
 
 Both are fully convolutional: training uses crops, the audit the canonical
 grid. `hcr train watermark` (`hcr_model.training.watermark`) trains them.
 
-NOTE: trained on a 2-core CPU only; see the model card beside the weights
-for what that reaches. A GPU run of the same trainer is the way to a model
-that could compete with the carrier.
+NOTE: the patterns are tied to the canonical grid and there is no crop
+search, so a cropped image reads at chance. The shipped model carries 64
+bits, a quarter of what the payload codec needs.
 """
 
 from __future__ import annotations
@@ -48,7 +49,6 @@ logger = logging.getLogger(__name__)
 
 WEIGHTS_NAME = "learned_watermark.pt"
 CODE_GRID = 64  # quarter-resolution side of the canonical 256 grid; the code patterns repeat beyond it
-DETECTION_THRESHOLD = 0.5  # watermark_score = mean detection probability; below it the image reads as unmarked
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,7 @@ def _block(c_in: int, c_out: int, stride: int = 1) -> nn.Sequential:
 
 
 def code_patterns(n_bits: int, height: int, width: int, seed: int, device: torch.device | str = "cpu") -> torch.Tensor:
-    """(N, height, width) +-1 spread-spectrum patterns on the quarter-resolution grid.
+    """Return the (N, height, width) +-1 spread-spectrum patterns on the quarter-resolution grid.
 
     Drawn once on a 64 x 64 grid (the canonical 256 grid at a quarter) and
     tiled beyond it. A training crop therefore gets the top-left part of the
@@ -83,17 +83,18 @@ def code_patterns(n_bits: int, height: int, width: int, seed: int, device: torch
 
 
 def message_map(bits: torch.Tensor, patterns: torch.Tensor) -> torch.Tensor:
-    """(B, N) bits and (N, h, w) patterns -> (B, 1, h, w) spread-spectrum message, unit variance."""
+    """Spread (B, N) bits over (N, h, w) patterns: the (B, 1, h, w) message map, unit variance."""
     signs = bits.float() * 2 - 1
     return torch.einsum("bn,nhw->bhw", signs, patterns).unsqueeze(1) / patterns.shape[0] ** 0.5
 
 
 class Embedder(nn.Module):
-    """Image and bits -> a luma residual in [-1, 1] at the image's size (H, W multiples of 4).
+    """Network from image and bits to a luma residual in [-1, 1] at the image's size (H, W multiples of 4).
 
     The bits enter as a spread-spectrum message map on the quarter grid
-    (`message_map`): the network learns how to render that map invisibly and
-    robustly in each image, not an arbitrary code, which it learned far faster.
+    (`message_map`). The network learns how to render that map invisibly and
+    robustly in each image, not an arbitrary code, and it learned that far
+    faster.
     """
 
     def __init__(self, config: LearnedConfig):
@@ -118,9 +119,9 @@ class Embedder(nn.Module):
 
 
 class Extractor(nn.Module):
-    """Image -> (detection logits (B, 1, H/4, W/4), bit logits (B, N, H/4, W/4)).
+    """Network from an image to (detection logits (B, 1, H/4, W/4), bit logits (B, N, H/4, W/4)).
 
-    The network estimates the message map at each quarter-grid pixel; a
+    The network estimates the message map at each quarter-grid pixel. A
     pixel's bit logits are that estimate times each bit's pattern there.
     """
 
@@ -144,13 +145,13 @@ class Extractor(nn.Module):
 
 
 def pooled_bits(detection_logits: torch.Tensor, bit_logits: torch.Tensor) -> torch.Tensor:
-    """(B, 1, h, w) and (B, N, h, w) -> (B, N) bit logits, each pixel weighted by its detection probability."""
+    """Pool (B, N, h, w) bit logits to (B, N), weighting each pixel by its detection probability from (B, 1, h, w) logits."""
     weights = torch.sigmoid(detection_logits)
     return (bit_logits * weights).sum(dim=(2, 3)) / weights.sum(dim=(2, 3)).clamp(min=1e-6)
 
 
 class LearnedWatermark(nn.Module, WatermarkBackend):
-    """The learned backend behind the `WatermarkBackend` interface."""
+    """Learned backend behind the `WatermarkBackend` interface."""
 
     def __init__(self, config: LearnedConfig):
         super().__init__()
@@ -172,7 +173,7 @@ class LearnedWatermark(nn.Module, WatermarkBackend):
         return self
 
     def residual(self, images: torch.Tensor, bits: torch.Tensor, strength: float | None = None) -> torch.Tensor:
-        """(B, 1, H, W) luma residual in image units (0-1), at `strength` (default: the config's)."""
+        """Compute the (B, 1, H, W) luma residual in image units (0-1) at `strength` (default: the config's)."""
         scale = self.config.strength if strength is None else strength
         return self.embedder(images, bits) * scale
 
@@ -194,7 +195,7 @@ class LearnedWatermark(nn.Module, WatermarkBackend):
         )
 
     def evidence(self, extraction: Extraction, bits: torch.Tensor) -> torch.Tensor:
-        """(B, 1, R/8, R/8): 1 - detection probability, averaged over each 8 x 8 block."""
+        """Return (B, 1, R/8, R/8) absence of the watermark: 1 - detection probability, averaged over each 8 x 8 block."""
         absent = 1 - torch.sigmoid(extraction.slots["detection_logits"])  # (B, 1, R/4, R/4)
         return F.avg_pool2d(absent, 2)
 

@@ -8,27 +8,30 @@ squashed onto a grid that the original spread over more pixels).
 
 The template makes both measurable. At protection, `SyncTemplate.pattern`
 adds two keyed periodic stripe patterns to the canonical luma before the QIM
-embedding: one that varies along x only and one along y only, each a sum of
-the harmonics 5..14 of a 32-pixel period with keyed phases, about 1 grey
+embedding: one that varies along x only and one along y only. Each is a sum
+of the harmonics 5..14 of a 32-pixel period with keyed phases, about 1 grey
 level RMS in all. Averaging the received image's whitened luma over its rows
 (or columns) keeps the x (or y) stripes at full strength while the content
-averages out, and the phase of that 1-D profile against the keyed harmonics
-at a given scale gives the crop's offset modulo the period. `find_alignments`
-scans the scale, keeps the strongest peaks, and returns them as candidate
-alignments; the carrier then checks each candidate, with the offset's block
-ambiguity and a fine grid around it, by how well the repetitions of each
-carrier bit agree (`DctCarrier.read_synchronised`).
+averages out. The phase of that 1-D profile against the keyed harmonics at a
+given scale then gives the crop's offset modulo the period.
+
+`find_alignments` scans the scale and returns the strongest peaks as
+candidate alignments. The carrier then checks each candidate, with every
+whole-period shift of its offset and a fine grid around it, by how well the
+repetitions of each carrier bit agree (`DctCarrier.read_synchronised`).
 
 Coordinates are continuous: pixel i covers [i, i + 1). An alignment maps a
 received pixel coordinate x to the canonical coordinate
 u = offset_x + scale_x * x (and likewise for y).
 
-Measured with scripts/measure_crop_sync.py on the 46 validation photos
-(bit accuracy of the 256 carrier bits, share of photos at 0.97 or more):
-centred crop to 75 % of the area 0.989 (98 %); crop to 70 % at random
-offsets 0.985 (96 %); crop to 75 % then JPEG 75 0.986 (93 %); crop to 90 %,
-JPEG 75, brightness +30 % 0.966 (87 %). The misses are photos whose texture
-puts false peaks above the template's (a carved temple front). Unmarked
+Measured with scripts/measure_crop_sync.py on the 46 validation photos, as
+bit accuracy of the 256 carrier bits (share of photos at 0.97 or more):
+- centred crop to 75 % of the area: 0.989 (98 %);
+- crop to 70 % at random offsets: 0.985 (96 %);
+- crop to 75 %, then JPEG 75: 0.986 (93 %);
+- crop to 90 %, JPEG 75, brightness +30 %: 0.965 (87 %).
+The misses are photos whose texture puts false peaks above the template's
+(a carved temple front). Unmarked
 crops reach z = 5.2 at most. The search takes 0.35-0.45 s per image on one
 thread, and 0.6-0.8 s on an unmarked image.
 
@@ -56,9 +59,9 @@ PERIOD = 32  # canonical pixels; 4 carrier blocks
 HARMONICS = tuple(range(5, 15))  # 0.16-0.44 cycles per canonical pixel
 AMPLITUDE = 1.0  # RMS of the whole template in 8-bit grey levels
 
-# The search sees the received image at SEARCH_SIDE x SEARCH_SIDE pixels. It
-# covers crops down to MIN_SIDE_FRACTION of each side (a quarter of the area
-# at 0.5) and slight enlargements (up to 1 / MAX_SIDE_FRACTION).
+# The search resizes the received image to SEARCH_SIDE x SEARCH_SIDE pixels.
+# It covers crops down to MIN_SIDE_FRACTION of each side (a quarter of the
+# area at 0.5) and slight enlargements (up to MAX_SIDE_FRACTION).
 SEARCH_SIDE = 256
 MIN_SIDE_FRACTION = 0.5
 MAX_SIDE_FRACTION = 1.03
@@ -66,10 +69,11 @@ SCALE_STEP = 0.0005  # relative step of the scale scan
 SCALE_SEPARATION = 0.005  # peaks of the scale scan closer than this (relative) are one peak
 OFFSET_STEP = 0.125  # canonical pixels
 OFFSET_SEPARATION = 2.0  # canonical pixels between two offset candidates of one axis
+SCALE_GROUP = 0.01  # hypotheses whose scales differ by less than this (relative) share one resized image
 
 # Whitening: a high-pass (luma minus a Gaussian blur of sigma 1 px) divided by
 # the local RMS of that high-pass (sigma 4 px, plus 2 grey levels), clipped at
-# 2. It weights flat regions, where the stripes stand out, above textured
+# 2. It weights flat regions, where the stripes are visible, above textured
 # ones. Sigma 1 beat 1.5, 2 and 3 on the validation photos.
 HIGHPASS_SIGMA = 1.0
 LOCAL_SIGMA = 4.0
@@ -79,7 +83,7 @@ WHITE_CLIP = 2.0
 
 @dataclass(frozen=True)
 class Alignment:
-    """Received pixel coordinates -> canonical coordinates: u = offset_x + scale_x * x, v = offset_y + scale_y * y."""
+    """Map from received pixel coordinates to canonical ones: u = offset_x + scale_x * x, v = offset_y + scale_y * y."""
 
     scale_x: float  # canonical pixels per received pixel
     scale_y: float
@@ -88,7 +92,7 @@ class Alignment:
     score: float = 0.0  # template correlation (candidates) or agreement z-score (a read)
 
     def shifted(self, dx: float, dy: float, relative_scale: float = 0.0, pivot: tuple[float, float] = (0.0, 0.0)) -> Alignment:
-        """Move by (dx, dy) canonical pixels and scale by 1 + relative_scale around the received point `pivot` (x, y)."""
+        """Return the alignment moved by (dx, dy) canonical pixels and scaled by 1 + relative_scale around the received point `pivot` (x, y)."""
         factor = 1.0 + relative_scale
         return Alignment(
             self.scale_x * factor,
@@ -100,7 +104,7 @@ class Alignment:
 
 
 class SyncTemplate:
-    """The keyed stripe template of one key on the canonical R x R grid."""
+    """Keyed stripe template of one key on the canonical R x R grid."""
 
     def __init__(self, key: SecretKey, resolution: int = 256, amplitude: float = AMPLITUDE):
         seed = int.from_bytes(key.derive("watermark/sync/v1")[:16], "big")
@@ -114,25 +118,25 @@ class SyncTemplate:
         self._pattern = torch.from_numpy((pattern * self.amplitude).astype(np.float32)).view(1, 1, resolution, resolution)
 
     def stripe(self, u: np.ndarray, axis: str) -> np.ndarray:
-        """Unit-RMS stripe profile at canonical coordinates `u` (any shape)."""
+        """Evaluate the unit-RMS stripe profile of `axis` at canonical coordinates `u` (any shape)."""
         angle = 2 * math.pi * np.multiply.outer(u, self.harmonics) / PERIOD + self.phases[axis]
         return np.cos(angle).sum(axis=-1) / math.sqrt(len(self.harmonics) / 2)
 
     def pattern(self, device: torch.device | str = "cpu") -> torch.Tensor:
-        """(1, 1, R, R) template in 8-bit grey levels, to add to the canonical luma."""
+        """Return the (1, 1, R, R) template in 8-bit grey levels, to add to the canonical luma."""
         return self._pattern.to(device)
 
     # --- search -------------------------------------------------------------
 
     def find_alignments(self, luma: torch.Tensor, scales: int = 8, offsets_per_axis: int = 3) -> list[Alignment]:
-        """Candidate alignments of a received (1, 1, H, W) luma in grey levels, strongest first.
+        """Return candidate alignments of a received (1, 1, H, W) luma in grey levels, strongest first.
 
-        Most candidates assume a crop that keeps the aspect ratio (one scale for
-        both axes, the stronger test): the `scales` strongest separated peaks of
-        the summed x and y correlation, each with the `offsets_per_axis`
-        strongest offsets per axis. The last ones let each axis take its own
-        scale. Textured content can put a false peak above the true one, and
-        the carrier's read decides between candidates.
+        Most candidates assume a crop that keeps the aspect ratio, because one
+        scale for both axes is the stronger test. They are the `scales`
+        strongest separated peaks of the summed x and y correlation, each with
+        the `offsets_per_axis` strongest offsets per axis. The last ones let
+        each axis take its own scale. Textured content can put a false peak
+        above the true one, so the carrier's read decides between candidates.
         """
         height, width = luma.shape[-2:]
         normalised = F.interpolate(luma.float(), size=(SEARCH_SIDE, SEARCH_SIDE), mode="bicubic", align_corners=False, antialias=True)
@@ -142,7 +146,7 @@ class SyncTemplate:
         score_y = self._scan(white.mean(axis=1), ratios, "y")
         best_x, best_y = score_x.max(axis=1), score_y.max(axis=1)
 
-        pairs = [(i, i) for i in _separated_peaks(best_x + best_y, scales, SCALE_SEPARATION / SCALE_STEP)]
+        pairs = [(i, i) for i in _separated_best(best_x + best_y, scales, SCALE_SEPARATION / SCALE_STEP)]
         separate = (int(best_x.argmax()), int(best_y.argmax()))
         if separate[0] != separate[1]:
             pairs.append(separate)
@@ -150,13 +154,15 @@ class SyncTemplate:
         candidates = []
         for ix, iy in pairs:
             total = float(best_x[ix] + best_y[iy])
-            for ox in _circular_peaks(score_x[ix], offsets_per_axis):
-                for oy in _circular_peaks(score_y[iy], offsets_per_axis):
-                    candidates.append(self._alignment(ratios[ix], ratios[iy], ox, oy, width, height, total))
+            offsets_x = _separated_best(score_x[ix], offsets_per_axis, OFFSET_SEPARATION / OFFSET_STEP, circular=True)
+            offsets_y = _separated_best(score_y[iy], offsets_per_axis, OFFSET_SEPARATION / OFFSET_STEP, circular=True)
+            for ox in offsets_x:
+                for oy in offsets_y:
+                    candidates.append(self._alignment(ratios[ix], ratios[iy], ox * OFFSET_STEP, oy * OFFSET_STEP, width, height, total))
         return candidates
 
     def _scan(self, profile: np.ndarray, ratios: np.ndarray, axis: str) -> np.ndarray:
-        """Correlation of a 1-D whitened profile with the stripes: (ratios, offsets).
+        """Correlate a 1-D whitened profile with the stripes at every ratio and offset: (ratios, offsets).
 
         At ratio r a normalised pixel spans r canonical pixels, so the template
         seen at normalised coordinate x is stripe(offset + r * x). The DFT of the
@@ -189,39 +195,31 @@ class SyncTemplate:
         )
 
 
-def _separated_peaks(values: np.ndarray, count: int, separation: float) -> list[int]:
-    """Indices of the `count` largest local maxima of `values`, each at least `separation` indices from a larger one."""
-    order = np.argsort(-values)
+def _separated_best(values: np.ndarray, count: int, separation: float, circular: bool = False) -> list[int]:
+    """Return the indices of the `count` largest `values`, each at least `separation` indices from a larger one.
+
+    With `circular` the distance wraps around the end (offsets over one period).
+    """
     kept: list[int] = []
-    for index in order:
+    for index in np.argsort(-values).tolist():
         if len(kept) == count:
             break
-        if all(abs(int(index) - other) >= separation for other in kept):
-            kept.append(int(index))
+        distances = [abs(index - other) for other in kept]
+        if circular:
+            distances = [min(distance, len(values) - distance) for distance in distances]
+        if all(distance >= separation for distance in distances):
+            kept.append(index)
     return kept
-
-
-def _circular_peaks(values: np.ndarray, count: int) -> list[float]:
-    """The `count` best offsets (canonical pixels) of one axis' correlation over the period, OFFSET_SEPARATION apart."""
-    order = np.argsort(-values)
-    separation = OFFSET_SEPARATION / OFFSET_STEP
-    kept: list[int] = []
-    for index in order:
-        if len(kept) == count:
-            break
-        if all(min(abs(int(index) - other), len(values) - abs(int(index) - other)) >= separation for other in kept):
-            kept.append(int(index))
-    return [index * OFFSET_STEP for index in kept]
 
 
 @functools.cache
 def _ratio_grid() -> np.ndarray:
-    """Canonical pixels per normalised pixel to scan: from MIN_SIDE_FRACTION to MAX_SIDE_FRACTION, log-spaced."""
+    """Return the canonical pixels per normalised pixel to scan, log-spaced from MIN_SIDE_FRACTION to MAX_SIDE_FRACTION."""
     return np.exp(np.arange(math.log(MIN_SIDE_FRACTION), math.log(MAX_SIDE_FRACTION), SCALE_STEP))
 
 
 def _whiten(luma: torch.Tensor) -> torch.Tensor:
-    """(1, 1, H, W) grey levels -> high-passed, locally normalised and clipped, same shape."""
+    """Whiten (1, 1, H, W) grey levels: high-pass, divide by the local RMS and clip; same shape."""
     high = luma - kornia.filters.gaussian_blur2d(luma, _kernel(HIGHPASS_SIGMA), (HIGHPASS_SIGMA, HIGHPASS_SIGMA), border_type="reflect")
     energy = kornia.filters.gaussian_blur2d(high * high, _kernel(LOCAL_SIGMA), (LOCAL_SIGMA, LOCAL_SIGMA), border_type="reflect")
     return (high / (energy.sqrt() + LOCAL_FLOOR)).clamp(-WHITE_CLIP, WHITE_CLIP)
@@ -236,8 +234,11 @@ def _kernel(sigma: float) -> tuple[int, int]:
 
 
 def block_shifts(alignment: Alignment, width: int, height: int, resolution: int, tolerance: float = 2.0) -> list[Alignment]:
-    """The template fixes the offset modulo PERIOD; every whole-period shift that keeps the
-    received image inside the canonical grid (within `tolerance` canonical pixels) is a hypothesis."""
+    """List the whole-period shifts of `alignment` that keep the received image inside the canonical grid.
+
+    The template fixes the offset only modulo PERIOD. `tolerance` (canonical
+    pixels) lets the image reach slightly past the grid's edges.
+    """
     shifts = []
     for axis_offset, extent in ((alignment.offset_x, width * alignment.scale_x), (alignment.offset_y, height * alignment.scale_y)):
         low = math.ceil((-tolerance - axis_offset) / PERIOD)
@@ -246,46 +247,71 @@ def block_shifts(alignment: Alignment, width: int, height: int, resolution: int,
     return [alignment.shifted(PERIOD * kx, PERIOD * ky) for kx in shifts[0] for ky in shifts[1]]
 
 
-def render_canvases(luma: torch.Tensor, hypotheses: list[Alignment], resolution: int, block: int, margin: float = 1.0):
-    """Resample a received (1, 1, H, W) luma onto the canonical grid under each hypothesis.
+def render_canvases(image: torch.Tensor, hypotheses: list[Alignment], resolution: int, block: int, margin: float = 1.0):
+    """Resample a received (1, C, H, W) image (luma, or RGB) onto the canonical grid under each hypothesis.
 
-    Returns (B, 1, R, R) canvases (0 outside the received image) and (B, blocks)
+    Returns (B, C, R, R) canvases (0 outside the received image) and (B, blocks)
     validity: 1 for blocks that lie inside the received image by `margin`
-    canonical pixels. The image is first resized, with antialiasing, to the
-    first hypothesis' scale; the hypotheses then differ from it by little, so
-    the bicubic sampling that follows needs no antialiasing.
+    canonical pixels. Hypotheses are grouped by scale (within SCALE_GROUP).
+    The image is resized with antialiasing once per group, so the bicubic
+    sampling of each hypothesis only moves it by a small shift and rescale.
     """
-    height, width = luma.shape[-2:]
-    base = hypotheses[0]
-    size = (max(2, round(height * base.scale_y)), max(2, round(width * base.scale_x)))
-    scaled = F.interpolate(luma.float(), size=size, mode="bicubic", align_corners=False, antialias=True)
-    factor_x, factor_y = size[1] / width, size[0] / height  # scaled pixels per received pixel
-
-    device = luma.device
-    centres = torch.arange(resolution, device=device, dtype=torch.float32) + 0.5
-    scale_x = torch.tensor([h.scale_x for h in hypotheses], device=device).view(-1, 1)
-    scale_y = torch.tensor([h.scale_y for h in hypotheses], device=device).view(-1, 1)
-    offset_x = torch.tensor([h.offset_x for h in hypotheses], device=device).view(-1, 1)
-    offset_y = torch.tensor([h.offset_y for h in hypotheses], device=device).view(-1, 1)
-
-    # canonical u -> received x = (u - offset) / scale -> scaled x * factor -> [-1, 1].
-    grid_x = ((centres - offset_x) / scale_x * factor_x) * 2 / size[1] - 1  # (B, R)
-    grid_y = ((centres - offset_y) / scale_y * factor_y) * 2 / size[0] - 1
     batch = len(hypotheses)
-    grid = torch.stack([grid_x.view(batch, 1, -1).expand(-1, resolution, -1), grid_y.view(batch, -1, 1).expand(-1, -1, resolution)], dim=-1)
-    canvases = F.grid_sample(scaled.expand(batch, -1, -1, -1), grid, mode="bicubic", padding_mode="zeros", align_corners=False)
+    canvases = torch.zeros(batch, image.shape[1], resolution, resolution, device=image.device)
+    for members in _scale_groups(hypotheses):
+        canvases[members] = _render_group(image, [hypotheses[i] for i in members], resolution)
 
-    edges = torch.arange(resolution // block, device=device, dtype=torch.float32) * block
+    height, width = image.shape[-2:]
+    offset_x, offset_y, scale_x, scale_y = _columns(hypotheses, image.device)
+    edges = torch.arange(resolution // block, device=image.device, dtype=torch.float32) * block
     inside_x = (edges >= offset_x + margin) & (edges + block <= offset_x + width * scale_x - margin)  # (B, grid)
     inside_y = (edges >= offset_y + margin) & (edges + block <= offset_y + height * scale_y - margin)
     valid = (inside_y.unsqueeze(2) & inside_x.unsqueeze(1)).reshape(batch, -1).float()
     return canvases, valid
 
 
+def _scale_groups(hypotheses: list[Alignment]) -> list[list[int]]:
+    """Group hypothesis indices whose scales are within SCALE_GROUP of the group's first member."""
+    groups: list[list[int]] = []
+    for index, hypothesis in enumerate(hypotheses):
+        for group in groups:
+            base = hypotheses[group[0]]
+            if abs(hypothesis.scale_x / base.scale_x - 1) < SCALE_GROUP and abs(hypothesis.scale_y / base.scale_y - 1) < SCALE_GROUP:
+                group.append(index)
+                break
+        else:
+            groups.append([index])
+    return groups
+
+
+def _columns(hypotheses: list[Alignment], device: torch.device) -> tuple[torch.Tensor, ...]:
+    """Return (offset_x, offset_y, scale_x, scale_y) of the hypotheses as (B, 1) tensors."""
+    values = torch.tensor([[h.offset_x, h.offset_y, h.scale_x, h.scale_y] for h in hypotheses], device=device, dtype=torch.float32)
+    return tuple(values[:, column : column + 1] for column in range(4))
+
+
+def _render_group(image: torch.Tensor, hypotheses: list[Alignment], resolution: int) -> torch.Tensor:
+    """Resample a (1, C, H, W) image onto the canonical grid for hypotheses of about one scale: (B, C, R, R)."""
+    height, width = image.shape[-2:]
+    base = hypotheses[0]
+    size = (max(2, round(height * base.scale_y)), max(2, round(width * base.scale_x)))
+    scaled = F.interpolate(image.float(), size=size, mode="bicubic", align_corners=False, antialias=True)
+    factor_x, factor_y = size[1] / width, size[0] / height  # scaled pixels per received pixel
+
+    # Canonical u -> received x = (u - offset) / scale -> scaled x * factor -> [-1, 1].
+    offset_x, offset_y, scale_x, scale_y = _columns(hypotheses, image.device)
+    centres = torch.arange(resolution, device=image.device, dtype=torch.float32) + 0.5
+    grid_x = (centres - offset_x) / scale_x * factor_x * 2 / size[1] - 1  # (B, R)
+    grid_y = (centres - offset_y) / scale_y * factor_y * 2 / size[0] - 1
+    batch = len(hypotheses)
+    grid = torch.stack([grid_x.view(batch, 1, -1).expand(-1, resolution, -1), grid_y.view(batch, -1, 1).expand(-1, -1, resolution)], dim=-1)
+    return F.grid_sample(scaled.expand(batch, -1, -1, -1), grid, mode="bicubic", padding_mode="zeros", align_corners=False)
+
+
 def refinement_grid(
     alignment: Alignment, offset_steps: tuple[float, ...], scale_steps: tuple[float, ...], centre: tuple[float, float]
 ) -> list[Alignment]:
-    """Hypotheses around `alignment`: every offset step on each axis times every relative scale step.
+    """List the hypotheses around `alignment`: every offset step on each axis times every relative scale step.
 
     Scales pivot on the received image's `centre` (x, y), where the template
     fixed the offset best, so a scale step does not also shift the middle.
@@ -294,21 +320,38 @@ def refinement_grid(
 
 
 def to_received_frame(values: torch.Tensor, alignment: Alignment, size: tuple[int, int], resolution: int) -> torch.Tensor:
-    """Resample (1, C, h, w) values laid over the protected image's canonical grid onto the received one's (1, C, R, R).
+    """Resample (1, C, h, w) values laid over the protected image's canonical grid onto the received one's.
 
     The received image of `size` (H, W), squashed onto its own canonical
-    grid, covers only the crop's part of the protected grid. Received
-    canonical pixel centre i + 0.5 is received pixel (i + 0.5) * W / R, and
-    the alignment maps that pixel into the protected grid. Bilinear, with
-    border values outside.
+    grid, covers only the crop's part of the protected grid. The output has
+    the input's shape, and each of its cells is sampled (bilinear, border
+    values outside) where the alignment maps the cell's centre.
     """
     height, width = size
-    device = values.device
-    centres = torch.arange(resolution, device=device, dtype=torch.float32) + 0.5
-    u = alignment.offset_x + alignment.scale_x * centres * width / resolution  # protected canonical x
-    v = alignment.offset_y + alignment.scale_y * centres * height / resolution
-    grid = torch.stack([(u * 2 / resolution - 1).view(1, -1).expand(resolution, -1), (v * 2 / resolution - 1).view(-1, 1).expand(-1, resolution)], dim=-1)
-    return F.grid_sample(values.float(), grid.unsqueeze(0), mode="bilinear", padding_mode="border", align_corners=False).to(values.dtype)
+    rows, columns = values.shape[-2:]
+    x = (torch.arange(columns, device=values.device, dtype=torch.float32) + 0.5) * width / columns  # received pixels
+    y = (torch.arange(rows, device=values.device, dtype=torch.float32) + 0.5) * height / rows
+    u = alignment.offset_x + alignment.scale_x * x  # protected canonical pixels
+    v = alignment.offset_y + alignment.scale_y * y
+    grid = _sampling_grid(u / resolution, v / resolution)
+    return F.grid_sample(values.float(), grid, mode="bilinear", padding_mode="border", align_corners=False).to(values.dtype)
+
+
+def to_protected_frame(values: torch.Tensor, alignment: Alignment, size: tuple[int, int], resolution: int) -> torch.Tensor:
+    """Invert `to_received_frame`: (1, C, h, w) on the received canonical grid onto the protected one, 0 outside the crop."""
+    height, width = size
+    rows, columns = values.shape[-2:]
+    u = (torch.arange(columns, device=values.device, dtype=torch.float32) + 0.5) * resolution / columns  # protected canonical pixels
+    v = (torch.arange(rows, device=values.device, dtype=torch.float32) + 0.5) * resolution / rows
+    x = (u - alignment.offset_x) / alignment.scale_x  # received pixels
+    y = (v - alignment.offset_y) / alignment.scale_y
+    grid = _sampling_grid(x / width, y / height)
+    return F.grid_sample(values.float(), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def _sampling_grid(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Build a (1, rows, columns, 2) `grid_sample` grid from sample positions given as fractions of the source's sides."""
+    return torch.stack([(x * 2 - 1).view(1, -1).expand(len(y), -1), (y * 2 - 1).view(-1, 1).expand(-1, len(x))], dim=-1).unsqueeze(0)
 
 
 def cropped_note(alignment: Alignment, height: int, width: int, resolution: int) -> str:
@@ -323,20 +366,8 @@ def cropped_note(alignment: Alignment, height: int, width: int, resolution: int)
     )
 
 
-def to_protected_frame(values: torch.Tensor, alignment: Alignment, size: tuple[int, int], resolution: int) -> torch.Tensor:
-    """Invert `to_received_frame`: (1, C, R, R) on the received canonical grid -> (1, C, R, R) on the
-    protected one, 0 outside the crop."""
-    height, width = size
-    device = values.device
-    centres = torch.arange(resolution, device=device, dtype=torch.float32) + 0.5
-    x = (centres - alignment.offset_x) / alignment.scale_x * resolution / width  # received canonical x
-    y = (centres - alignment.offset_y) / alignment.scale_y * resolution / height
-    grid = torch.stack([(x * 2 / resolution - 1).view(1, -1).expand(resolution, -1), (y * 2 / resolution - 1).view(-1, 1).expand(-1, resolution)], dim=-1)
-    return F.grid_sample(values.float(), grid.unsqueeze(0), mode="bilinear", padding_mode="zeros", align_corners=False)
-
-
 def crop_region(alignment: Alignment, size: tuple[int, int], resolution: int, device: torch.device | str = "cpu") -> torch.Tensor:
-    """(1, 1, R, R) bool: the protected canonical pixels whose centres the received image of `size` (H, W) covers."""
+    """Mark the protected canonical pixels whose centres the received image of `size` (H, W) covers: (1, 1, R, R) bool."""
     height, width = size
     centres = torch.arange(resolution, device=device, dtype=torch.float32) + 0.5
     inside_x = (centres >= alignment.offset_x) & (centres <= alignment.offset_x + alignment.scale_x * width)

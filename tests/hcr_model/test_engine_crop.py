@@ -28,7 +28,7 @@ def centre_crop(rgb: np.ndarray, area: float) -> np.ndarray:
 
 
 @pytest.mark.parametrize("name", ["astronaut.jpg", "rocket.jpg"])
-def test_audit_of_a_cropped_protected_image_is_authentic_with_its_payload(engines, photos_dir, name):
+def test_audit_cropped_protected_is_authentic(engines, photos_dir, name):
     protector, auditor = engines
     rgb = np.asarray(Image.open(photos_dir / name).convert("RGB"))
     protected = protector.protect_batch([ImageInput(name, rgb)])[0]
@@ -46,7 +46,7 @@ def test_audit_of_a_cropped_protected_image_is_authentic_with_its_payload(engine
     assert notes == ["cropped: read after crop synchronisation; the image shows x 7-93 %, y 7-93 % of the protected image"]
 
 
-def test_audit_of_an_unprotected_crop_is_unmarked(engines, photos_dir):
+def test_audit_unprotected_crop_is_unmarked(engines, photos_dir):
     _, auditor = engines
     rgb = np.asarray(Image.open(photos_dir / "coffee.jpg").convert("RGB"))
     (result,) = auditor.audit_batch([ImageInput("coffee", centre_crop(rgb, 0.75))])
@@ -54,9 +54,10 @@ def test_audit_of_an_unprotected_crop_is_unmarked(engines, photos_dir):
     assert not any(note.startswith("cropped") for note in result.notes)
 
 
-def test_audit_without_the_crop_search_reads_a_crop_as_unmarked(photos_dir):
-    bundle = load_bundle(device="cpu")
+def test_audit_without_crop_search_unmarked(engines, photos_dir):
+    protector, _ = engines
     rgb = np.asarray(Image.open(photos_dir / "rocket.jpg").convert("RGB"))
-    protected = Protector(bundle, KEY).protect_batch([ImageInput("rocket", rgb)])[0].protected_rgb
-    (result,) = Auditor(bundle, KEY, None, crop_search=False).audit_batch([ImageInput("crop", centre_crop(protected, 0.75))])
+    protected = protector.protect_batch([ImageInput("rocket", rgb)])[0].protected_rgb
+    auditor = Auditor(protector.bundle, KEY, None, crop_search=False)
+    (result,) = auditor.audit_batch([ImageInput("crop", centre_crop(protected, 0.75))])
     assert result.verdict == "unmarked"

@@ -23,7 +23,7 @@ def photos(photos_dir, size: int) -> torch.Tensor:
     return torch.cat([to_canonical(uint8_to_tensor(np.asarray(Image.open(photos_dir / name).convert("RGB"))), size) for name in names])
 
 
-def test_learned_backend_keeps_the_interface_shapes(photos_dir):
+def test_learned_backend_interface_shapes(photos_dir):
     torch.manual_seed(0)
     model = LearnedWatermark(CONFIG).eval()
     assert isinstance(model, WatermarkBackend)
@@ -46,7 +46,7 @@ def test_learned_backend_keeps_the_interface_shapes(photos_dir):
         model.embed(images, torch.zeros(2, 8))
 
 
-def test_learned_weight_file_round_trips(tmp_path, photos_dir):
+def test_learned_weight_file_round_trip(tmp_path, photos_dir):
     torch.manual_seed(1)
     model = LearnedWatermark(CONFIG).eval()
     save_learned(model, tmp_path / "learned_watermark.pt", metrics={"bit_acc_clean": 0.5})
@@ -59,13 +59,13 @@ def test_learned_weight_file_round_trips(tmp_path, photos_dir):
     assert torch.load(tmp_path / "learned_watermark.pt", weights_only=True)["metrics"] == {"bit_acc_clean": 0.5}
 
 
-def test_learned_strength_anneals_geometrically_then_holds():
+def test_learned_strength_schedule():
     assert strength_at(0.0, 0.08, 0.02, 0.5) == pytest.approx(0.08)
     assert strength_at(0.25, 0.08, 0.02, 0.5) == pytest.approx(0.04)
     assert strength_at(0.9, 0.08, 0.02, 0.5) == pytest.approx(0.02)
 
 
-def test_learned_training_steps_lower_the_loss_on_a_fixed_batch(photos_dir):
+def test_learned_training_lowers_loss(photos_dir):
     torch.manual_seed(0)
     model = LearnedWatermark(CONFIG)
     images = photos(photos_dir, 64)
@@ -84,7 +84,7 @@ def test_learned_training_steps_lower_the_loss_on_a_fixed_batch(photos_dir):
     assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5])
 
 
-def test_learned_trainer_resumes_and_exports_loadable_weights(tmp_path):
+def test_learned_trainer_resumes_and_exports(tmp_path):
     out, export = tmp_path / "run", tmp_path / "learned_watermark.pt"
     common = ["--data", "fixtures", "--out", str(out), "--bits", "16", "--channels", "8", "--crop", "64", "--batch-size", "2"]
     assert main([*common, "--max-steps", "2", "--minutes", "5", "--eval-every", "100"]) == 0
@@ -94,7 +94,7 @@ def test_learned_trainer_resumes_and_exports_loadable_weights(tmp_path):
     assert load_learned(export).n_bits == 16
 
 
-def test_learned_backend_draws_its_code_patterns_from_the_key():
+def test_learned_patterns_follow_key():
     model = LearnedWatermark(CONFIG)
     assert model.embedder.code_seed == model.extractor.code_seed == CONFIG.code_seed
     model.use_key(SecretKey(bytes(range(32))))
@@ -104,10 +104,9 @@ def test_learned_backend_draws_its_code_patterns_from_the_key():
     assert model.embedder.code_seed != keyed
 
 
-def test_shipped_learned_weights_read_their_bits_after_jpeg(photos_dir):
+def test_shipped_learned_weights_survive_jpeg(photos_dir):
     model = load_optional_learned(weights_dir("v1"))
-    if model is None:
-        pytest.skip("v1 ships no learned_watermark.pt")
+    assert model is not None, "v1 ships learned_watermark.pt"
     model.use_key(SecretKey(bytes(range(32))))
     images = photos(photos_dir, 256)
     bits = torch.from_numpy(np.random.default_rng(5).integers(0, 2, (2, model.n_bits)))

@@ -53,7 +53,7 @@ def jpeg(rgb: np.ndarray, quality: int) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(buffer.getvalue())).convert("RGB"))
 
 
-def test_sync_template_is_keyed_and_has_its_amplitude():
+def test_sync_template_keyed_amplitude():
     pattern = SyncTemplate(KEY).pattern()
     assert pattern.shape == (1, 1, 256, 256)
     assert float(pattern.pow(2).mean().sqrt()) == pytest.approx(AMPLITUDE, rel=0.1)
@@ -63,7 +63,7 @@ def test_sync_template_is_keyed_and_has_its_amplitude():
     assert abs(correlation) < 0.2
 
 
-def test_carrier_without_the_template_leaves_it_out(photos_dir):
+def test_carrier_without_template_omits_it(photos_dir):
     rgb = load(photos_dir, "chelsea.jpg")
     canonical = to_canonical(uint8_to_tensor(rgb))
     plain = DctCarrier(KEY, sync_template=False)
@@ -82,7 +82,7 @@ def test_carrier_without_the_template_leaves_it_out(photos_dir):
         ("astronaut.jpg", 0.9, 1.0, 0.0, 75),
     ],
 )
-def test_carrier_reads_a_cropped_image_after_the_crop_search(carrier, photos_dir, name, area, top_share, left_share, post):
+def test_crop_search_reads_cropped_image(carrier, photos_dir, name, area, top_share, left_share, post):
     rgb = load(photos_dir, name)
     height, width = rgb.shape[:2]
     received, (top, left) = crop(protect(carrier, rgb), area, top_share, left_share)
@@ -106,7 +106,7 @@ def test_carrier_reads_a_cropped_image_after_the_crop_search(carrier, photos_dir
     np.testing.assert_array_equal(decoded.code_bits, CODE)
 
 
-def test_read_received_keeps_the_canonical_read_and_leaves_unmarked_crops_alone(carrier, photos_dir):
+def test_read_received_searches_only_unmarked_reads(carrier, photos_dir):
     rgb = load(photos_dir, "rocket.jpg")
     protected = protect(carrier, rgb)
     images = [protected, crop(protected, 0.75)[0], crop(rgb, 0.75)[0]]  # whole, cropped, unmarked crop
@@ -118,19 +118,20 @@ def test_read_received_keeps_the_canonical_read_and_leaves_unmarked_crops_alone(
     assert reading.alignments[2] is None
     assert reading.synchronised == [1]
     scores = reading.extraction.watermark_score
-    assert float(scores[0]) > WATERMARK_THRESHOLD and float(scores[1]) > WATERMARK_THRESHOLD
+    assert float(scores[0]) > WATERMARK_THRESHOLD
+    assert float(scores[1]) > WATERMARK_THRESHOLD
     assert float(scores[2]) < WATERMARK_THRESHOLD
     accuracy = float(((reading.extraction.soft_bits[1] > 0).numpy().astype(np.uint8) == BITS).mean())
     assert accuracy >= 0.97
 
 
-def test_carrier_with_another_key_finds_no_crop(photos_dir):
+def test_crop_search_other_key_finds_nothing(photos_dir):
     received, _ = crop(protect(DctCarrier(KEY), load(photos_dir, "chelsea.jpg")), 0.75)
     _, alignment = DctCarrier(OTHER_KEY).read_synchronised(uint8_to_tensor(received))
     assert alignment.score < SYNC_ZSCORE_MIN
 
 
-def test_sync_frames_map_back_and_forth_inside_the_crop():
+def test_frame_maps_invert_inside_crop():
     alignment = Alignment(scale_x=0.5, scale_y=0.4, offset_x=20.0, offset_y=12.0)
     size = (500, 400)  # (H, W) received pixels: covers x 20-220, y 12-212 of the protected grid
     region = crop_region(alignment, size, 256)
@@ -149,7 +150,7 @@ def test_sync_frames_map_back_and_forth_inside_the_crop():
 
 
 @pytest.mark.parametrize(("height", "width"), [(1, 1), (8, 300), (31, 45), (300, 8)])
-def test_read_received_handles_tiny_and_thin_images(carrier, height, width):
+def test_read_received_tiny_and_thin_images(carrier, height, width):
     image = np.random.default_rng(height * width).integers(0, 256, (height, width, 3), dtype=np.uint8)
     reading = read_received(carrier, to_canonical(uint8_to_tensor(image)), [image])
     assert reading.alignments == [None]
