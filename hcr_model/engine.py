@@ -17,15 +17,15 @@ import torch
 
 from hcr_model.bundle import ModelBundle
 from hcr_model.consistency import consistency_distance
-from hcr_model.imaging import add_residual, resize_to, to_canonical
+from hcr_model.imaging import add_residual, clipped_share, resize_to, rgb_to_luma, to_canonical
 from hcr_model.keys import SecretKey
 from hcr_model.payload import PayloadCodec
 from hcr_model.recovery import composite as composite_restoration
 from hcr_model.recovery import restore_image
-from hcr_model.verdict import TAMPERED, VerdictSignals, decide_verdict
+from hcr_model.verdict import TAMPERED, VerdictSignals, copied_mark, decide_verdict
 from hcr_model.watermark.dct import BLOCK, DctCarrier
 from hcr_model.watermark.reading import read_received
-from hcr_model.watermark.sync import crop_region, cropped_note, render_canvases, to_protected_frame, to_received_frame
+from hcr_model.watermark.sync import HIGH_HARMONICS, crop_region, cropped_note, render_canvases, to_protected_frame, to_received_frame
 
 logger = logging.getLogger(__name__)
 
@@ -200,7 +200,9 @@ class Auditor:
             logger.debug("cropped image %d: consistency distance %.3f on its grid, %.3f on the protected grid", i, own_grid, protected_grid)
             distance[i] = min(own_grid, protected_grid)
 
-        # 4. Verdicts, with each mask measured at the input's own size.
+        # 4. Verdicts, with each mask measured at the input's own size. An
+        # unreadable payload is checked for a copied watermark first.
+        copied = self._copied_marks(images, canonical, extraction, valid, reading.alignments)
         full_masks, fractions, verdicts = [], [], []
         for i, image in enumerate(images):
             height, width = image.rgb.shape[:2]
@@ -214,6 +216,7 @@ class Auditor:
                 consistent=bool(distance[i] <= bundle.calibration.consistency_tolerance),
                 tampered_fraction=fraction,
                 min_fraction=bundle.min_fraction,
+                copied_mark=i in copied,
             )
             full_masks.append(full_mask)
             fractions.append(fraction)
@@ -254,6 +257,11 @@ class Auditor:
             alignment = reading.alignments[i]
             if alignment is not None:
                 notes.append(cropped_note(alignment, *image.rgb.shape[:2], self.resolution))
+            if i in copied:
+                notes.append(
+                    f"copied watermark: the keyed sync template is in place (z {copied[i][0]:.1f} on its high harmonics) but the carrier bits "
+                    f"do not agree (z {copied[i][1]:.1f}); another image's watermark was added to this content"
+                )
             if not valid[i]:
                 # Below the reliable size an unreadable payload is expected
                 # after processing, even on a protected image.
@@ -283,6 +291,19 @@ class Auditor:
                 )
             )
         return outputs
+
+    def _copied_marks(self, images: list[ImageInput], canonical: torch.Tensor, extraction, valid: np.ndarray, alignments) -> dict[int, tuple[float, float]]:
+        """Return {row: (template z, carrier z)} for the images whose unreadable payload comes with a copied watermark."""
+        rows = [i for i in range(len(valid)) if not valid[i] and alignments[i] is None]
+        sides = [min(images[i].rgb.shape[:2]) for i in rows]
+        if self.carrier.sync is None or not rows:
+            return {}
+        candidates = canonical[rows].float()
+        template = self.carrier.sync.presence_zscore(rgb_to_luma(candidates) * 255.0, HIGH_HARMONICS).tolist()
+        carrier = extraction.slots["zscore"][rows].tolist()
+        clipped = clipped_share(candidates).tolist()
+        minimum = self.carrier.min_reliable_side
+        return {i: (t, c) for i, t, c, k, side in zip(rows, template, carrier, clipped, sides) if copied_mark(t, c, k, side, minimum)}
 
     def _cropped_distance(self, image: ImageInput, alignment, code_picture: torch.Tensor, mask: torch.Tensor) -> float:
         """Measure a cropped image's consistency distance on the protected image's grid, where the code was computed.

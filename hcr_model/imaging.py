@@ -14,6 +14,16 @@ CANONICAL_RESOLUTION = 256
 # in the channel JPEG keeps at full resolution.
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)
 
+# Channel values at or beyond these count as clipped (in [0, 1]; 250 and 5 of 255,
+# so JPEG ringing around a clipped area still counts).
+CLIP_HIGH = 250 / 255
+CLIP_LOW = 5 / 255
+
+
+def clipped_share(x: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) in [0, 1] -> (B,) share of pixels with at least one clipped channel."""
+    return ((x >= CLIP_HIGH) | (x <= CLIP_LOW)).any(dim=1).float().mean(dim=(1, 2))
+
 
 def resize_to(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Resize (B, C, H, W) to (B, C, *size) with antialiased bicubic interpolation.

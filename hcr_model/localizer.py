@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hcr_model.imaging import CLIP_HIGH, CLIP_LOW
+
 logger = logging.getLogger(__name__)
 
 WEIGHTS_ROOT = Path(__file__).resolve().parent / "weights"
@@ -33,10 +35,6 @@ WEIGHT_FILE_FORMAT = "hcr-localizer/1"
 # The carrier's evidence map has one cell per 8×8 block of the canonical grid.
 EVIDENCE_STRIDE = 8
 
-# Channel values at or beyond these count as clipped (in [0, 1]; 250 and 5 of 255,
-# so JPEG ringing around a clipped area still counts).
-CLIP_HIGH = 250 / 255
-CLIP_LOW = 5 / 255
 
 
 @dataclass(frozen=True)

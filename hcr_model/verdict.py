@@ -14,6 +14,19 @@ UNMARKED = "unmarked"
 ERROR = "error"
 VERDICTS = (AUTHENTIC, TAMPERED, FORGED, UNMARKED, ERROR)
 
+# The copied-watermark check (scripts/calibrate_copy_detection.py): an image
+# whose payload does not decode, whose keyed sync template's high harmonics
+# are at least this strong in place, and whose carrier bits agree no more
+# than this, carries a watermark copied from another image. Images with
+# COPY_CLIPPED_SHARE_MAX or more of their pixels clipped are left out:
+# clipping breaks the carrier's bits and keeps much of the template, as in a
+# bright photo after brightness +30 %. So are images below the carrier's
+# reliable size, where blur and downscaling do the same. On 2,011 such reads
+# of unmarked and genuine train and val images the template reached z = 4.2.
+COPY_TEMPLATE_ZSCORE = 7.0
+COPY_CARRIER_ZSCORE_MAX = 4.0
+COPY_CLIPPED_SHARE_MAX = 0.5
+
 
 @dataclass(frozen=True)
 class VerdictSignals:
@@ -26,10 +39,39 @@ class VerdictSignals:
     consistent: bool  # the hidden code agrees with the content outside the mask
     tampered_fraction: float  # share of pixels in the localizer's mask
     min_fraction: float  # calibrated: smaller masks are not an edit
+    copied_mark: bool = False  # keyed template in place, carrier bits not agreeing (see copied_mark below)
+
+
+def copied_mark(template_zscore: float, carrier_zscore: float, clipped_share: float, short_side: int, min_side: int) -> bool:
+    """Tell whether a watermark was copied onto this image from another one.
+
+    The copy attack adds a protected image's estimated watermark to other
+    content. The keyed sync template is additive, so it moves with the copy.
+    The carrier's QIM bits do not, because they sat on the lattice only for
+    the first image's DCT coefficients. Processing a genuine image weakens both
+    together, so a strong template beside bits that do not agree marks a
+    copy. `template_zscore` is read on the template's high harmonics, which
+    blur removes from a genuine image. `clipped_share` is the share of
+    canonical pixels with a channel at 250 or more or at 5 or less, and
+    `short_side` the image's shorter side in pixels, checked against the
+    carrier's `min_side`. The engine asks this only of images whose payload
+    does not decode.
+    """
+    return (
+        template_zscore >= COPY_TEMPLATE_ZSCORE
+        and carrier_zscore <= COPY_CARRIER_ZSCORE_MAX
+        and clipped_share < COPY_CLIPPED_SHARE_MAX
+        and short_side >= min_side
+    )
 
 
 def decide_verdict(signals: VerdictSignals) -> str:
     """Apply the verdict rules in order and return the verdict string."""
+    # A copied watermark is found before the unmarked test: its carrier bits
+    # read as unmarked, and only the template shows that a mark is there.
+    if signals.copied_mark and not (signals.ecc_ok and signals.mac_ok):
+        return FORGED
+
     if signals.watermark_score < signals.watermark_threshold:
         return UNMARKED
 

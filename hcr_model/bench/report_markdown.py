@@ -100,10 +100,20 @@ def _retrieval(section: dict) -> str:
 
 def _forgery(section: dict) -> str:
     rows = [
-        [r["estimator"], r["copies"], fmt(r["forged_rate"], 3), fmt(r["authentic_rate"], 3), fmt(r["payload_valid_rate"], 3), fmt(r["copied_bit_accuracy"]), verdict_text(r["verdicts"])]
+        [
+            r["estimator"],
+            r["copies"],
+            fmt(r["forged_rate"], 3),
+            fmt(r.get("mark_found_rate"), 3),
+            fmt(r["authentic_rate"], 3),
+            fmt(r["payload_valid_rate"], 3),
+            fmt(r["copied_bit_accuracy"]),
+            verdict_text(r["verdicts"]),
+        ]
         for r in section["rows"]
     ]
-    return table(["estimate", "copies", "judged forged", "accepted as authentic", "payload valid", "copied bit accuracy", "verdicts"], rows)
+    headers = ["estimate", "copies", "judged forged", "mark found", "accepted as authentic", "payload valid", "copied bit accuracy", "verdicts"]
+    return table(headers, rows)
 
 
 def _tokenizer(section: dict) -> str:

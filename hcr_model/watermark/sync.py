@@ -57,6 +57,10 @@ logger = logging.getLogger(__name__)
 
 PERIOD = 32  # canonical pixels; 4 carrier blocks
 HARMONICS = tuple(range(5, 15))  # 0.16-0.44 cycles per canonical pixel
+# The upper half of the harmonics. Blur takes them out of a genuine image
+# first, while a watermark estimated by denoising (a high-pass residual)
+# carries them best: the copied-watermark check reads only these.
+HIGH_HARMONICS = tuple(range(10, 15))
 AMPLITUDE = 1.0  # RMS of the whole template in 8-bit grey levels
 
 # The search resizes the received image to SEARCH_SIDE x SEARCH_SIDE pixels.
@@ -125,6 +129,42 @@ class SyncTemplate:
     def pattern(self, device: torch.device | str = "cpu") -> torch.Tensor:
         """Return the (1, 1, R, R) template in 8-bit grey levels, to add to the canonical luma."""
         return self._pattern.to(device)
+
+    def presence_zscore(self, luma: torch.Tensor, harmonics: tuple[int, ...] = HARMONICS) -> torch.Tensor:
+        """Return the (B,) z-score of the template in place on (B, 1, R, R) canonical luma in grey levels.
+
+        The whitened luma is averaged over rows (x stripes) and columns (y
+        stripes) and each profile is correlated with the keyed `harmonics` (a
+        run of consecutive ones from HARMONICS) at the protected grid's own
+        alignment. The noise of that correlation is measured on the same
+        profile, at the frequencies halfway between those harmonics (and one
+        below and above them), where the template puts nothing. Without the
+        template z is about N(0, 1) whatever the content's spectrum. With all
+        harmonics a protected image scores 5-100 (median 21 on the val photos).
+        """
+        if luma.shape[-2:] != (self.resolution, self.resolution):
+            raise ValueError(f"expected canonical luma of {self.resolution} x {self.resolution}, got {tuple(luma.shape[-2:])}")
+        if tuple(harmonics) != tuple(range(harmonics[0], harmonics[-1] + 1)) or not set(harmonics) <= set(HARMONICS):
+            raise ValueError(f"harmonics must be consecutive numbers from {HARMONICS[0]} to {HARMONICS[-1]}, got {harmonics}")
+        white = _whiten(luma.float())[:, 0].double()  # (B, R, R)
+        signal = torch.zeros(white.shape[0], dtype=torch.float64, device=luma.device)
+        noise = torch.zeros_like(signal)
+        for axis, profile in (("x", white.mean(dim=1)), ("y", white.mean(dim=2))):
+            profile = profile - profile.mean(dim=1, keepdim=True)  # (B, R)
+            matched, between = self._presence_bases(axis, tuple(harmonics), luma.device)
+            signal += profile @ matched
+            noise += (profile.to(torch.complex128) @ between).abs().pow(2).mean(dim=1) * len(harmonics) / 2
+        return (signal / noise.clamp(min=1e-12).sqrt()).float()
+
+    def _presence_bases(self, axis: str, harmonics: tuple[int, ...], device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return the (R,) sum of the keyed `harmonics` of `axis` and the (R, K + 1) complex exponentials between them."""
+        u = np.arange(self.resolution) + 0.5
+        chosen = [HARMONICS.index(h) for h in harmonics]
+        angle = 2 * math.pi * np.multiply.outer(u, self.harmonics[chosen]) / PERIOD + self.phases[axis][chosen]
+        matched = np.cos(angle).sum(axis=1)  # (R,) sum_k cos(2 pi h_k u / P + phase_k)
+        between = np.arange(harmonics[0] - 0.5, harmonics[-1] + 1.0)  # e.g. 4.5 ... 14.5
+        exponentials = np.exp(-2j * math.pi * np.multiply.outer(u, between) / PERIOD)
+        return torch.from_numpy(matched).to(device), torch.from_numpy(exponentials).to(device)
 
     # --- search -------------------------------------------------------------
 

@@ -6,14 +6,15 @@ import math
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageFilter
 
-from hcr_model.imaging import add_residual, resize_to, tensor_to_uint8, to_canonical, uint8_to_tensor
+from hcr_model.bench.measure_forgery import copy_watermark, estimate_watermark
+from hcr_model.imaging import add_residual, resize_to, rgb_to_luma, tensor_to_uint8, to_canonical, uint8_to_tensor
 from hcr_model.keys import SecretKey
 from hcr_model.payload import PayloadCodec
 from hcr_model.watermark.dct import WATERMARK_THRESHOLD, DctCarrier
 from hcr_model.watermark.reading import SYNC_ZSCORE_MIN, read_received
-from hcr_model.watermark.sync import AMPLITUDE, Alignment, SyncTemplate, crop_region, to_protected_frame, to_received_frame
+from hcr_model.watermark.sync import AMPLITUDE, HIGH_HARMONICS, Alignment, SyncTemplate, crop_region, to_protected_frame, to_received_frame
 
 KEY = SecretKey(bytes(range(32)))
 OTHER_KEY = SecretKey(bytes(range(1, 33)))
@@ -155,3 +156,40 @@ def test_read_received_tiny_and_thin_images(carrier, height, width):
     reading = read_received(carrier, to_canonical(uint8_to_tensor(image)), [image])
     assert reading.alignments == [None]
     assert float(reading.extraction.watermark_score[0]) < WATERMARK_THRESHOLD
+
+
+def canonical_luma(rgb: np.ndarray) -> torch.Tensor:
+    """(H, W, 3) uint8 -> (1, 1, R, R) canonical luma in grey levels."""
+    return rgb_to_luma(to_canonical(uint8_to_tensor(rgb))) * 255.0
+
+
+@pytest.mark.parametrize("name", ["astronaut.jpg", "chelsea.jpg", "rocket.jpg"])
+def test_template_presence_separates_protected_from_unmarked(carrier, photos_dir, name):
+    rgb = load(photos_dir, name)
+    protected = protect(carrier, rgb)
+    zscores = carrier.sync.presence_zscore(torch.cat([canonical_luma(protected), canonical_luma(jpeg(protected, 75)), canonical_luma(rgb)]))
+    assert zscores.shape == (3,)
+    # Protected photos score 5-100 on the val split, unmarked ones about N(0, 1).
+    assert zscores[0] > 8 and zscores[1] > 6
+    assert abs(float(zscores[2])) < 4
+
+
+def test_template_presence_needs_the_key_and_the_canonical_grid(carrier, photos_dir):
+    protected = protect(carrier, load(photos_dir, "astronaut.jpg"))
+    assert abs(float(SyncTemplate(OTHER_KEY).presence_zscore(canonical_luma(protected))[0])) < 4
+    # A crop moves the template off the canonical grid's alignment.
+    cropped, _ = crop(protected, 0.75)
+    assert abs(float(carrier.sync.presence_zscore(canonical_luma(cropped))[0])) < 4
+    with pytest.raises(ValueError, match="canonical luma of 256 x 256"):
+        carrier.sync.presence_zscore(torch.zeros(1, 1, 128, 128))
+
+
+def test_template_high_harmonics_survive_a_denoising_copy_but_not_blur(carrier, photos_dir):
+    protected = protect(carrier, load(photos_dir, "chelsea.jpg"))
+    copy = copy_watermark(estimate_watermark(protected, "median3"), load(photos_dir, "coffee.jpg"))
+    blurred = np.asarray(Image.fromarray(protected).filter(ImageFilter.GaussianBlur(3)))
+    high = carrier.sync.presence_zscore(torch.cat([canonical_luma(copy), canonical_luma(blurred)]), HIGH_HARMONICS)
+    assert high[0] > 6  # the copy carries the high harmonics
+    assert high[1] < 4  # blur removed them from the genuine image
+    with pytest.raises(ValueError, match="consecutive"):
+        carrier.sync.presence_zscore(canonical_luma(copy), (5, 7))
