@@ -83,7 +83,7 @@ def main() -> None:
     parser.add_argument("--splits", default="train,val", help="comma-separated dataset splits (default: train,val)")
     parser.add_argument("--limit", type=int, default=0, help="use only the first N photos of each split (default: 0 = all)")
     parser.add_argument("--template-z", type=float, default=COPY_TEMPLATE_ZSCORE, help=f"template z-score (high harmonics) from which a copy is flagged (default: {COPY_TEMPLATE_ZSCORE})")
-    parser.add_argument("--carrier-z", type=float, default=COPY_CARRIER_ZSCORE_MAX, help=f"carrier z-score up to which a copy is flagged (default: {COPY_CARRIER_ZSCORE_MAX})")
+    parser.add_argument("--carrier-z", type=float, default=COPY_CARRIER_ZSCORE_MAX, help=f"largest carrier z-score a copy may have (default: {COPY_CARRIER_ZSCORE_MAX})")
     parser.add_argument("--clipped", type=float, default=COPY_CLIPPED_SHARE_MAX, help=f"share of clipped pixels from which the check abstains (default: {COPY_CLIPPED_SHARE_MAX})")
     parser.add_argument("--save", type=Path, default=None, help="also write every image's z-scores and clipped share to this .npz file (default: none)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the bits and edits (default: 0)")
@@ -128,7 +128,8 @@ def main() -> None:
     # The thresholds on the command line replace the library's for this report.
     verdict.COPY_TEMPLATE_ZSCORE, verdict.COPY_CARRIER_ZSCORE_MAX, verdict.COPY_CLIPPED_SHARE_MAX = args.template_z, args.carrier_z, args.clipped
     print(
-        f"\ncheck: template z (high harmonics) >= {args.template_z}, carrier z <= {args.carrier_z}, "
+        f"\ncheck: template z (high harmonics) >= {args.template_z} + {verdict.COPY_TEMPLATE_SLOPE} per carrier z above "
+        f"{verdict.COPY_CARRIER_ZSCORE_FREE}, carrier z <= {args.carrier_z}, "
         f"clipped share < {args.clipped}, shorter side >= {carrier.min_reliable_side} px"
     )
     print(f"{'group':28s} {'template z: min / p50 / max':>30s} {'carrier z: min / p50 / max':>30s} {'flagged':>8s}")
@@ -138,18 +139,19 @@ def main() -> None:
         flagged = float(np.mean([copied_mark(*row, carrier.min_reliable_side) for row in zip(t, c, k, side)]))
         print(f"{name:28s} {t.min():9.1f} {np.median(t):9.1f} {t.max():9.1f} {c.min():9.1f} {np.median(c):9.1f} {c.max():9.1f} {flagged:8.3f}")
 
-    # The margin the thresholds leave: the genuine and unmarked images with the
-    # strongest template among those the other two conditions let through.
-    near = [
-        (t, c, k, side, name)
-        for name in template_z
-        if not name.startswith("copy/")
-        for t, c, k, side in zip(template_z[name], carrier_z[name], clipped[name], sides[name])
-        if c <= args.carrier_z + 4 and k < args.clipped and side >= carrier.min_reliable_side
-    ]
-    print(f"\nstrongest templates among genuine or unmarked images that the check reads, with carrier z <= {args.carrier_z + 4}:")
-    for t, c, k, side, name in sorted(near, reverse=True)[:8]:
-        print(f"  template z {t:6.1f}  carrier z {c:6.1f}  clipped {k:4.2f}  shorter side {side:4d} px  {name}")
+    # The margin the thresholds leave: the genuine and unmarked reads nearest
+    # to being flagged, by how much template z-score they lack.
+    near = []
+    for name, values in template_z.items():
+        if name.startswith("copy/"):
+            continue
+        for t, c, k, side in zip(values, carrier_z[name], clipped[name], sides[name]):
+            if c <= args.carrier_z and k < args.clipped and side >= carrier.min_reliable_side:
+                needed = args.template_z + verdict.COPY_TEMPLATE_SLOPE * max(0.0, c - verdict.COPY_CARRIER_ZSCORE_FREE)
+                near.append((needed - t, t, c, k, side, name))
+    print("\ngenuine or unmarked reads nearest to the check (template z lacking):")
+    for lacking, t, c, k, side, name in sorted(near)[:8]:
+        print(f"  lacking {lacking:5.1f}  template z {t:6.1f}  carrier z {c:6.1f}  clipped {k:4.2f}  shorter side {side:4d} px  {name}")
 
 if __name__ == "__main__":
     main()

@@ -2,8 +2,10 @@ import pytest
 
 from hcr_model.verdict import (
     AUTHENTIC,
+    COPY_CARRIER_ZSCORE_FREE,
     COPY_CARRIER_ZSCORE_MAX,
     COPY_CLIPPED_SHARE_MAX,
+    COPY_TEMPLATE_SLOPE,
     COPY_TEMPLATE_ZSCORE,
     FORGED,
     TAMPERED,
@@ -58,8 +60,12 @@ def test_decide_verdict_rules(changes, expected):
 
 
 def test_copied_mark_conditions():
-    assert copied_mark(COPY_TEMPLATE_ZSCORE, COPY_CARRIER_ZSCORE_MAX, 0.0, 224, 224)
+    assert copied_mark(COPY_TEMPLATE_ZSCORE, COPY_CARRIER_ZSCORE_FREE, 0.0, 224, 224)
     assert not copied_mark(COPY_TEMPLATE_ZSCORE - 0.1, 0.0, 0.0, 512, 224)  # template too weak: unmarked or blurred
+    # Bits that partly agree need a stronger template.
+    partly = COPY_CARRIER_ZSCORE_FREE + 2.0
+    assert copied_mark(COPY_TEMPLATE_ZSCORE + 2.0 * COPY_TEMPLATE_SLOPE, partly, 0.0, 512, 224)
+    assert not copied_mark(COPY_TEMPLATE_ZSCORE + 2.0 * COPY_TEMPLATE_SLOPE - 0.1, partly, 0.0, 512, 224)
     assert not copied_mark(50.0, COPY_CARRIER_ZSCORE_MAX + 0.1, 0.0, 512, 224)  # the bits agree: a genuine, damaged watermark
     assert not copied_mark(50.0, 0.0, COPY_CLIPPED_SHARE_MAX, 512, 224)  # clipping breaks genuine bits too
     assert not copied_mark(50.0, 0.0, 0.0, 223, 224)  # so do blur and downscaling below the reliable size
