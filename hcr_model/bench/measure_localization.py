@@ -5,7 +5,8 @@ of the pixels by default) and received as edited, or re-saved as JPEG 75.
 Two views are measured:
 - `localizer`: the per-pixel probability on the canonical grid against the
   ground-truth mask resized to the grid (F1 and IoU at the calibrated
-  threshold, AUC over all pixels);
+  decision threshold, F1 at the mask threshold the audit draws masks at,
+  AUC over all pixels);
 - `audit`: the `Auditor`'s verdict and its mask at the input's size. Only
   `tampered` verdicts carry a mask, so every other verdict scores an empty mask.
 False positives: the share of pixels the localizer flags on untouched
@@ -33,6 +34,7 @@ def _localizer_scores(ctx: BenchContext, cases: list[TamperCase]) -> dict[str, n
     return {
         "f1": pixel_f1(probability, truth, threshold).numpy(),
         "iou": pixel_iou(probability, truth, threshold).numpy(),
+        "mask_f1": pixel_f1(probability, truth, float(ctx.models.localizer.mask_threshold)).numpy(),
         "auc": pixel_auc(probability, truth).numpy(),
     }
 
@@ -63,6 +65,7 @@ def _tamper_rows(ctx: BenchContext, notes: list[str], errors: list[str]) -> list
             "area": mean_of(cases[p].area for p in positions),
             "f1": mean_of(local["f1"][positions]),
             "iou": mean_of(local["iou"][positions]),
+            "mask_f1": mean_of(local["mask_f1"][positions]),
             "auc": mean_of(local["auc"][positions]),
         }
         if audit is not None:
@@ -106,7 +109,11 @@ def _false_positive_rows(ctx: BenchContext, notes: list[str], errors: list[str])
 
 def measure(ctx: BenchContext) -> dict:
     ctx.models.need("localizer")
-    notes = [f"threshold {ctx.localizer_threshold:.3f} and min_fraction {ctx.models.localizer.min_fraction:.4f} from the localizer weights"]
+    thresholds = (
+        f"threshold {ctx.localizer_threshold:.3f}, mask threshold {ctx.models.localizer.mask_threshold:.3f} "
+        f"and min_fraction {ctx.models.localizer.min_fraction:.4f} from the localizer weights"
+    )
+    notes = [thresholds]
     errors: list[str] = []
     rows = _tamper_rows(ctx, notes, errors)
     false_positives = _false_positive_rows(ctx, notes, errors)

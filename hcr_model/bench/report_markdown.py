@@ -61,10 +61,11 @@ def _localization(section: dict) -> str:
     rows = []
     for r in section["rows"]:
         rows.append(
-            [r["kind"], r["post_edit"], r["images"], fmt(r["area"]), fmt(r["f1"]), fmt(r["iou"]), fmt(r["auc"]),
+            [r["kind"], r["post_edit"], r["images"], fmt(r["area"]), fmt(r["f1"]), fmt(r["iou"]), fmt(r.get("mask_f1")), fmt(r["auc"]),
              fmt(r.get("audit_tampered_rate"), 2), fmt(r.get("audit_f1")), verdict_text(r.get("audit_verdicts"))]
         )
-    edits = table(["kind", "after edit", "images", "area", "F1", "IoU", "AUC", "audit: tampered", "audit F1", "audit verdicts"], rows)
+    headers = ["kind", "after edit", "images", "area", "F1", "IoU", "F1 at mask threshold", "AUC", "audit: tampered", "audit F1", "audit verdicts"]
+    edits = table(headers, rows)
     fp_rows = [
         [r["processing"], r["images"], fmt(r["fp_pixel_rate"], 4), fmt(r["flagged_rate"], 2), fmt(r.get("audit_authentic_rate"), 2), verdict_text(r.get("audit_verdicts"))]
         for r in section["false_positives"]
