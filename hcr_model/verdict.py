@@ -47,6 +47,14 @@ class VerdictSignals:
     copied_mark: bool = False  # keyed template in place, carrier bits not agreeing (see copied_mark below)
 
 
+def copy_template_needed(carrier_zscore: float) -> float:
+    """Return the template z-score the copy check requires of an image whose carrier agreement z-score is `carrier_zscore`."""
+    # Genuine images whose bits partly survive have weak templates (z 5.2 at
+    # most at carrier z 4-12 on the calibration photos), so the requirement
+    # grows with the carrier's agreement.
+    return COPY_TEMPLATE_ZSCORE + COPY_TEMPLATE_SLOPE * max(0.0, carrier_zscore - COPY_CARRIER_ZSCORE_FREE)
+
+
 def copied_mark(template_zscore: float, carrier_zscore: float, clipped_share: float, short_side: int, min_side: int) -> bool:
     """Tell whether a watermark was copied onto this image from another one.
 
@@ -62,12 +70,8 @@ def copied_mark(template_zscore: float, carrier_zscore: float, clipped_share: fl
     carrier's `min_side`. The engine applies this check only to images whose
     payload does not decode.
     """
-    # Genuine images whose bits partly survive have weak templates (z 5.2 at
-    # most at carrier z 4-12 on the calibration photos), so the template
-    # needed grows with the carrier's agreement.
-    needed = COPY_TEMPLATE_ZSCORE + COPY_TEMPLATE_SLOPE * max(0.0, carrier_zscore - COPY_CARRIER_ZSCORE_FREE)
     return (
-        template_zscore >= needed
+        template_zscore >= copy_template_needed(carrier_zscore)
         and carrier_zscore <= COPY_CARRIER_ZSCORE_MAX
         and clipped_share < COPY_CLIPPED_SHARE_MAX
         and short_side >= min_side

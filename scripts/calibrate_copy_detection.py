@@ -48,7 +48,7 @@ from hcr_model.bench.tampering import TAMPER_KINDS, tamper
 from hcr_model.data.photos import load_photos
 from hcr_model.imaging import clipped_share, rgb_to_luma
 from hcr_model.keys import SecretKey
-from hcr_model.verdict import COPY_CARRIER_ZSCORE_MAX, COPY_CLIPPED_SHARE_MAX, COPY_TEMPLATE_ZSCORE, copied_mark
+from hcr_model.verdict import COPY_CARRIER_ZSCORE_MAX, COPY_CLIPPED_SHARE_MAX, COPY_TEMPLATE_ZSCORE, copied_mark, copy_template_needed
 from hcr_model.watermark.dct import DctCarrier
 from hcr_model.watermark.sync import HIGH_HARMONICS
 
@@ -147,8 +147,7 @@ def main() -> None:
             continue
         for t, c, k, side in zip(values, carrier_z[name], clipped[name], sides[name]):
             if c <= args.carrier_z and k < args.clipped and side >= carrier.min_reliable_side:
-                needed = args.template_z + verdict.COPY_TEMPLATE_SLOPE * max(0.0, c - verdict.COPY_CARRIER_ZSCORE_FREE)
-                near.append((needed - t, t, c, k, side, name))
+                near.append((copy_template_needed(c) - t, t, c, k, side, name))
     print("\ngenuine or unmarked reads nearest to the check (template z lacking):")
     for lacking, t, c, k, side, name in sorted(near)[:8]:
         print(f"  lacking {lacking:5.1f}  template z {t:6.1f}  carrier z {c:6.1f}  clipped {k:4.2f}  shorter side {side:4d} px  {name}")

@@ -120,6 +120,7 @@ class SyncTemplate:
         centres = np.arange(resolution) + 0.5
         pattern = (self.stripe(centres, "y")[:, None] + self.stripe(centres, "x")[None, :]) / math.sqrt(2)
         self._pattern = torch.from_numpy((pattern * self.amplitude).astype(np.float32)).view(1, 1, resolution, resolution)
+        self._bases: dict[tuple[str, tuple[int, ...]], tuple[torch.Tensor, torch.Tensor]] = {}  # see _presence_bases
 
     def stripe(self, u: np.ndarray, axis: str) -> np.ndarray:
         """Evaluate the unit-RMS stripe profile of `axis` at canonical coordinates `u` (any shape)."""
@@ -144,27 +145,35 @@ class SyncTemplate:
         """
         if luma.shape[-2:] != (self.resolution, self.resolution):
             raise ValueError(f"expected canonical luma of {self.resolution} x {self.resolution}, got {tuple(luma.shape[-2:])}")
-        if tuple(harmonics) != tuple(range(harmonics[0], harmonics[-1] + 1)) or not set(harmonics) <= set(HARMONICS):
-            raise ValueError(f"harmonics must be consecutive numbers from {HARMONICS[0]} to {HARMONICS[-1]}, got {harmonics}")
+        harmonics = tuple(harmonics)
+        if not harmonics or harmonics != tuple(range(harmonics[0], harmonics[-1] + 1)) or not set(harmonics) <= set(HARMONICS):
+            raise ValueError(f"invalid harmonics {harmonics}: expected consecutive numbers from {HARMONICS[0]} to {HARMONICS[-1]}")
         white = _whiten(luma.float())[:, 0].double()  # (B, R, R)
         signal = torch.zeros(white.shape[0], dtype=torch.float64, device=luma.device)
         noise = torch.zeros_like(signal)
         for axis, profile in (("x", white.mean(dim=1)), ("y", white.mean(dim=2))):
             profile = profile - profile.mean(dim=1, keepdim=True)  # (B, R)
-            matched, between = self._presence_bases(axis, tuple(harmonics), luma.device)
+            matched, between = (basis.to(luma.device) for basis in self._presence_bases(axis, harmonics))
             signal += profile @ matched
             noise += (profile.to(torch.complex128) @ between).abs().pow(2).mean(dim=1) * len(harmonics) / 2
         return (signal / noise.clamp(min=1e-12).sqrt()).float()
 
-    def _presence_bases(self, axis: str, harmonics: tuple[int, ...], device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return the (R,) sum of the keyed `harmonics` of `axis` and the (R, K + 1) complex exponentials between them."""
+    def _presence_bases(self, axis: str, harmonics: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return the (R,) sum of the keyed `harmonics` of `axis` and the (R, K + 1) complex exponentials between them.
+
+        The bases depend only on the key and the harmonics, so each pair is built once per template.
+        """
+        cached = self._bases.get((axis, harmonics))
+        if cached is not None:
+            return cached
         u = np.arange(self.resolution) + 0.5
         chosen = [HARMONICS.index(h) for h in harmonics]
         angle = 2 * math.pi * np.multiply.outer(u, self.harmonics[chosen]) / PERIOD + self.phases[axis][chosen]
         matched = np.cos(angle).sum(axis=1)  # (R,) sum_k cos(2 pi h_k u / P + phase_k)
         between = np.arange(harmonics[0] - 0.5, harmonics[-1] + 1.0)  # e.g. 4.5 ... 14.5
         exponentials = np.exp(-2j * math.pi * np.multiply.outer(u, between) / PERIOD)
-        return torch.from_numpy(matched).to(device), torch.from_numpy(exponentials).to(device)
+        self._bases[(axis, harmonics)] = (torch.from_numpy(matched), torch.from_numpy(exponentials))
+        return self._bases[(axis, harmonics)]
 
     # --- search -------------------------------------------------------------
 
