@@ -116,6 +116,7 @@ class LocalizerTrainConfig(BaseModel):
     tamper_prob: float = Field(0.7, description="probability that a training sample is tampered (else untouched)")
     identity_prob: float = Field(0.3, description="probability of no attack after the edit (else one drawn from --train-attacks)")
     train_attacks: str = Field(",".join(GLOBAL_ATTACKS[1:]), description="comma-separated attack names (hcr_model.bench.attacks.ATTACKS) drawn uniformly after the edit")
+    kind_weights: str = Field("", description="relative sampling weights of tampering kinds, e.g. 'recolor:2,text:2' (unnamed kinds weigh 1; empty: uniform)")
     area_min: float = Field(0.03, description="smallest edited share of the image in training")
     area_max: float = Field(0.35, description="largest edited share of the image in training")
     reuse: int = Field(2, description="training samples drawn from each carrier-processed image: crops of one extraction")
@@ -237,6 +238,7 @@ class SampleMaker:
         attacks: list[str] | None = None,
         area: tuple[float, float] = (0.03, 0.35),
         donors: torch.Tensor | None = None,
+        kind_probs: np.ndarray | None = None,
     ) -> SampleBatch:
         """Build received images from protected uint8 tiles (B, 3, R, R).
 
@@ -244,6 +246,8 @@ class SampleMaker:
         random with ``tamper_prob``). ``attacks[i]`` names its attack
         (default identity). Splice donors come from ``donors`` (uint8
         (D, 3, H, W)) when given, else from the next tile of the batch.
+        ``kind_probs`` (one per TAMPER_KINDS entry, summing to 1) skews the
+        random kinds; the default draws them uniformly.
         """
         count = protected.shape[0]
         resolution = self.resolution
@@ -255,7 +259,7 @@ class SampleMaker:
         for i in range(count):
             kind = kinds[i]
             if kind is None:
-                kind = str(rng.choice(TAMPER_KINDS)) if rng.random() < tamper_prob else "none"
+                kind = str(rng.choice(TAMPER_KINDS, p=kind_probs)) if rng.random() < tamper_prob else "none"
             if kind == "none":
                 edited, mask, edited_area = as_hwc[i], np.zeros((resolution, resolution), bool), 0.0
             else:
@@ -294,6 +298,28 @@ class SampleMaker:
         )
         evidence = self.carrier.evidence(extraction, torch.from_numpy(expected).to(received.device))
         return evidence.float(), np.array([d.ecc_ok for d in decoded])
+
+
+def kind_probabilities(weights: str) -> np.ndarray | None:
+    """Parse 'kind:weight,...' into one probability per TAMPER_KINDS entry; None for an empty string (uniform)."""
+    if not weights.strip():
+        return None
+    values = dict.fromkeys(TAMPER_KINDS, 1.0)
+    for item in weights.split(","):
+        name, _, weight = item.partition(":")
+        name = name.strip()
+        if name not in values:
+            raise ValueError(f"--kind-weights: unknown tampering kind {name!r}; known: {', '.join(TAMPER_KINDS)}")
+        try:
+            values[name] = float(weight)
+        except ValueError:
+            raise ValueError(f"--kind-weights: {item!r} needs a number after the colon, e.g. 'recolor:2'") from None
+        if values[name] < 0:
+            raise ValueError(f"--kind-weights: the weight of {name} must not be negative")
+    probabilities = np.array([values[name] for name in TAMPER_KINDS])
+    if probabilities.sum() <= 0:
+        raise ValueError("--kind-weights: at least one kind needs a positive weight")
+    return probabilities / probabilities.sum()
 
 
 def random_attacks(count: int, rng: np.random.Generator, names: list[str], identity_prob: float) -> list[str]:
@@ -706,6 +732,7 @@ def main(argv: list[str] | None = None) -> int:
     train_tiles = TileStream("train", config.resolution, rng)
     val_pool = protected_split(maker, "val", config.seed + 1)
     area = (config.area_min, config.area_max)
+    kind_probs = kind_probabilities(config.kind_weights)
     val_samples = make_fixed_samples(maker, val_pool, config.val_samples, config.seed + 7, ["identity", "jpeg75"], config.tamper_prob, area)
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -740,7 +767,7 @@ def main(argv: list[str] | None = None) -> int:
         started = time.monotonic()
         protected, _ = maker.protect(train_tiles.next(per_batch), rng)
         attacks = random_attacks(per_batch, rng, attack_names, config.identity_prob)
-        batch = maker.make(protected, rng, tamper_prob=config.tamper_prob, attacks=attacks, area=area)
+        batch = maker.make(protected, rng, tamper_prob=config.tamper_prob, attacks=attacks, area=area, kind_probs=kind_probs)
         image, evidence, target, background = random_crops(batch, config.crop, config.reuse, rng)
         data_seconds = time.monotonic() - started
 

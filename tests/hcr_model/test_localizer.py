@@ -192,3 +192,18 @@ def test_calibration_limits_each_attacks_false_positives():
     decision, mask = choose_thresholds(curves, max_fpr=0.06)
     assert decision > 600  # only thresholds above the blurred image's false pixels keep its FPR at 6 %
     assert mask >= 1
+
+
+def test_kind_weights_skew_the_training_kinds():
+    from hcr_model.bench.tampering import TAMPER_KINDS
+    from hcr_model.training.localizer import kind_probabilities
+
+    assert kind_probabilities("") is None
+    probabilities = kind_probabilities("recolor:3,text:0")
+    assert probabilities.sum() == pytest.approx(1.0)
+    assert probabilities[TAMPER_KINDS.index("recolor")] == pytest.approx(3 / 8)  # five kinds at 1, recolor 3, text 0
+    assert probabilities[TAMPER_KINDS.index("text")] == 0.0
+    with pytest.raises(ValueError, match="unknown tampering kind 'recolour'"):
+        kind_probabilities("recolour:2")
+    with pytest.raises(ValueError, match="needs a number"):
+        kind_probabilities("text:lots")
