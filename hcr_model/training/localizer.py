@@ -123,7 +123,10 @@ class LocalizerTrainConfig(BaseModel):
     val_samples: int = Field(48, description="fixed validation samples for the periodic F1 / IoU log")
     calib_tampered: int = Field(400, description="tampered validation samples for threshold calibration")
     calib_clean: int = Field(850, description="untouched validation samples for calibration (identity and the global attacks the carrier is specified to survive)")
-    max_fpr: float = Field(0.01, description="calibration: largest pixel false-positive rate allowed on untouched and globally processed images")
+    max_fpr: float = Field(0.01, description="calibration: largest pooled pixel false-positive rate on untouched and globally processed images at the mask threshold")
+    decision_max_fpr: float = Field(
+        0.0025, description="calibration: largest pixel false-positive rate at the decision threshold on the untouched images of each attack on its own"
+    )
     clean_quantile: float = Field(0.99, description="calibration: share of clean validation images whose mask fraction must stay below min_fraction")
     log_every: int = Field(20, description="steps between training log lines")
     eval_every: int = Field(150, description="steps between validation passes")
@@ -612,23 +615,28 @@ def threshold_curves(
     )
 
 
-def choose_thresholds(curves: ThresholdCurves, max_fpr: float) -> tuple[int, int]:
+def choose_thresholds(curves: ThresholdCurves, max_fpr: float, decision_max_fpr: float | None = None) -> tuple[int, int]:
     """Pick (decision bin, mask bin): the decision under a per-attack FPR limit, the mask under a pooled one.
 
     The decision threshold maximizes pooled F1 × detection, so the mask both
     fits the edits and clears min_fraction. It is chosen among thresholds
-    whose clean pixel FPR is at most ``max_fpr`` under every attack on its
-    own, so blur or downscaling alone cannot push the FPR past the limit.
+    whose clean pixel FPR is at most ``decision_max_fpr`` (default
+    ``max_fpr``) under every attack on its own, so blur or downscaling alone
+    cannot push the FPR past the limit. That budget can be stricter than the
+    mask's: the audit draws masks at the mask threshold, so the decision
+    threshold only decides, and a high one leaves so few clean pixels above
+    it that min_fraction, and with it the smallest edit counted, gets small.
     The mask threshold maximizes pooled F1 among thresholds whose pooled
     clean FPR is at most ``max_fpr``. It sits lower, where a few clean images
     get large false regions, so it is only good for drawing masks of images
     already judged edited.
     """
-    worst = np.flatnonzero(curves.clean_fpr_worst <= max_fpr)
+    decision_max_fpr = max_fpr if decision_max_fpr is None else decision_max_fpr
+    worst = np.flatnonzero(curves.clean_fpr_worst <= decision_max_fpr)
     pooled = np.flatnonzero(curves.clean_fpr <= max_fpr)
     worst, pooled = worst[worst >= 1], pooled[pooled >= 1]  # threshold 0 would flag every pixel
     if worst.size == 0:
-        raise RuntimeError(f"no threshold keeps every attack's clean false-positive rate at or below {max_fpr}")
+        raise RuntimeError(f"no threshold keeps every attack's clean false-positive rate at or below {decision_max_fpr}")
     decision = int(worst[np.argmax((curves.f1 * curves.detection)[worst])])
     mask = int(pooled[np.argmax(curves.f1[pooled])])
     return decision, mask
@@ -648,7 +656,8 @@ def calibrate(
     images, plus one pixel, so that share of them stays below it. The
     threshold maximizes pooled pixel F1 × the share of tampered images whose
     mask reaches that min_fraction, among thresholds whose clean pixel
-    false-positive rate is at most ``max_fpr``. Returns (threshold,
+    false-positive rate is at most ``decision_max_fpr`` under every attack.
+    Returns (threshold,
     min_fraction, calibration record); the record also carries the best-F1
     ``mask_threshold``.
     """
@@ -659,7 +668,7 @@ def calibrate(
     tampered_hist = probability_histograms(predict_probability(model, tampered.image, tampered.evidence, device), tampered.mask)
     clean_hist = probability_histograms(predict_probability(model, clean.image, clean.evidence, device), clean.mask)
     curves = threshold_curves(tampered_hist, clean_hist, config.clean_quantile, config.resolution**2, clean.attacks)
-    decision, mask = choose_thresholds(curves, config.max_fpr)
+    decision, mask = choose_thresholds(curves, config.max_fpr, config.decision_max_fpr)
     min_fraction = float(curves.min_fraction[decision])
     clean_fractions = _fractions_from_bin(clean_hist)[:, decision]
 
@@ -667,7 +676,7 @@ def calibrate(
         "split": "val",
         "rule": f"min_fraction(t): {config.clean_quantile} quantile of the clean images' mask fraction at t + 1 pixel; "
         f"threshold: max pooled pixel F1 x share of tampered images reaching min_fraction(t), "
-        f"s.t. pixel FPR <= {config.max_fpr} on the clean images of every attack; "
+        f"s.t. pixel FPR <= {config.decision_max_fpr} on the clean images of every attack; "
         f"mask_threshold: max pooled pixel F1 s.t. pooled pixel FPR <= {config.max_fpr} on clean images",
         "tampered_images": len(tampered.kinds),
         "tampered_attacks": "identity, jpeg50, jpeg75, jpeg90",

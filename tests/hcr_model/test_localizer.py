@@ -207,3 +207,24 @@ def test_kind_weights_skew_the_training_kinds():
         kind_probabilities("recolour:2")
     with pytest.raises(ValueError, match="needs a number"):
         kind_probabilities("text:lots")
+
+
+def test_decision_budget_apart_from_mask_budget():
+    from hcr_model.training.localizer import N_BINS, choose_thresholds, threshold_curves
+
+    # One clean image with probability 0.3 on 2 % of its pixels and 0.7 on 0.5 %.
+    # One tampered image: its edited half at 0.9, the rest at 0.
+    pixels = 1000
+    clean_negative = np.zeros((1, N_BINS), dtype=np.int64)
+    clean_negative[0, 300], clean_negative[0, 700], clean_negative[0, 0] = 20, 5, 975
+    clean = (np.zeros_like(clean_negative), clean_negative)
+    tampered_positive = np.zeros((1, N_BINS), dtype=np.int64)
+    tampered_negative = np.zeros((1, N_BINS), dtype=np.int64)
+    tampered_positive[0, 900], tampered_negative[0, 0] = 500, 500
+    curves = threshold_curves((tampered_positive, tampered_negative), clean, 0.5, pixels, ["blur1"])
+
+    shared_decision, shared_mask = choose_thresholds(curves, max_fpr=0.01)
+    decision, mask = choose_thresholds(curves, max_fpr=0.01, decision_max_fpr=0.001)
+    assert mask == shared_mask  # the mask threshold keeps the pooled budget
+    assert 300 < shared_decision <= 700  # above the 0.3 pixels the FPR is 0.5 %, within 1 %
+    assert decision > 700  # a 0.1 % budget also needs the threshold above the 0.7 pixels
