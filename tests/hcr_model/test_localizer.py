@@ -172,19 +172,29 @@ def test_untouched_protected_photo_is_not_edited(protected_fixture, attack):
     assert not bool(weights.is_edited(mask)[0])
 
 
+def histograms(negative: list[dict[int, int]], positive: list[dict[int, int]]) -> tuple[np.ndarray, np.ndarray]:
+    """Build (positive, negative) per-image probability histograms from {bin: pixel count} per image."""
+    from hcr_model.training.localizer import N_BINS
+
+    arrays = []
+    for images in (positive, negative):
+        counts = np.zeros((len(images), N_BINS), dtype=np.int64)
+        for row, bins in enumerate(images):
+            for index, count in bins.items():
+                counts[row, index] = count
+        arrays.append(counts)
+    return arrays[0], arrays[1]
+
+
 def test_calibration_limits_each_attacks_false_positives():
-    from hcr_model.training.localizer import N_BINS, choose_thresholds, threshold_curves
+    from hcr_model.training.localizer import choose_thresholds, threshold_curves
 
     # Two clean images, one per attack: "blur1" has probability 0.6 on a tenth of its
     # pixels, "jpeg75" none. One tampered image: its edited half at 0.9, the rest at 0.
     pixels = 100
-    clean_negative = np.zeros((2, N_BINS), dtype=np.int64)
-    clean_negative[0, 600], clean_negative[0, 0], clean_negative[1, 0] = 10, 90, 100
-    clean = (np.zeros_like(clean_negative), clean_negative)
-    tampered_positive = np.zeros((1, N_BINS), dtype=np.int64)
-    tampered_negative = np.zeros((1, N_BINS), dtype=np.int64)
-    tampered_positive[0, 900], tampered_negative[0, 0] = 50, 50
-    curves = threshold_curves((tampered_positive, tampered_negative), clean, 0.5, pixels, ["blur1", "jpeg75"])
+    clean = histograms([{600: 10, 0: 90}, {0: 100}], [{}, {}])
+    tampered = histograms([{0: 50}], [{900: 50}])
+    curves = threshold_curves(tampered, clean, 0.5, pixels, ["blur1", "jpeg75"])
 
     # Pooled, the blurred image's false pixels are 5 % of all clean pixels; on its own, 10 %.
     assert curves.clean_fpr[600] == pytest.approx(0.05)
@@ -210,18 +220,14 @@ def test_kind_weights_skew_the_training_kinds():
 
 
 def test_decision_budget_apart_from_mask_budget():
-    from hcr_model.training.localizer import N_BINS, choose_thresholds, threshold_curves
+    from hcr_model.training.localizer import choose_thresholds, threshold_curves
 
     # One clean image with probability 0.3 on 2 % of its pixels and 0.7 on 0.5 %.
     # One tampered image: its edited half at 0.9, the rest at 0.
     pixels = 1000
-    clean_negative = np.zeros((1, N_BINS), dtype=np.int64)
-    clean_negative[0, 300], clean_negative[0, 700], clean_negative[0, 0] = 20, 5, 975
-    clean = (np.zeros_like(clean_negative), clean_negative)
-    tampered_positive = np.zeros((1, N_BINS), dtype=np.int64)
-    tampered_negative = np.zeros((1, N_BINS), dtype=np.int64)
-    tampered_positive[0, 900], tampered_negative[0, 0] = 500, 500
-    curves = threshold_curves((tampered_positive, tampered_negative), clean, 0.5, pixels, ["blur1"])
+    clean = histograms([{300: 20, 700: 5, 0: 975}], [{}])
+    tampered = histograms([{0: 500}], [{900: 500}])
+    curves = threshold_curves(tampered, clean, 0.5, pixels, ["blur1"])
 
     shared_decision, shared_mask = choose_thresholds(curves, max_fpr=0.01)
     decision, mask = choose_thresholds(curves, max_fpr=0.01, decision_max_fpr=0.001)
