@@ -97,6 +97,11 @@ def decide_verdict(signals: VerdictSignals) -> str:
 
     # A valid code that disagrees with the content outside every localized
     # region was copied from another image.
+    # NOTE: a recolour of a fifth of the image can move the coarse tokens of
+    # the whole picture, so such an edit can read as forged even where the
+    # localizer marks it. On the demo's recoloured flower.jpg the distance is
+    # 0.65 against a tolerance of 0.44, and 0.68 with the lower-threshold mask
+    # left out.
     if payload_valid and not signals.consistent:
         return FORGED
 
