@@ -3,14 +3,14 @@
 The audit calls an image edited when the share of its pixels above the
 localizer's decision threshold reaches `min_fraction`. That rule never
 counts a text overlay, whose glyphs cover about 4 % of the image. This
-script asks whether another statistic of the same probability map would,
-at the same false-alarm budget: each statistic's cut is the 99.7th
-percentile over untouched val tiles after the processing the carrier is
-specified to survive, as the shipped calibration does, and the script prints
+script measures whether another statistic of the same probability map would
+count more edits at the same false-alarm budget. Each statistic's cut is the
+99.7th percentile over untouched val tiles after the processing the carrier
+is specified to survive, as in the shipped calibration. The script prints
 the share of edited val tiles (5-35 % of the area, no JPEG or JPEG 50/75/90
-after the edit) that reach it, per tampering kind.
+after the edit) that reach the cut, per tampering kind.
 
-Statistics, each at several probability thresholds t:
+Statistics, each at several probability thresholds t (the weights' own decision threshold among them):
 - `share`: the share of pixels above t (the shipped rule at t = the decision threshold);
 - `window W`: the densest W x W window's share of pixels above t (concentrated regions);
 - `component`: the largest 8-connected region above t, as a share of the image;
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     kinds, attacks = np.array(tampered.kinds), np.array(clean.attacks)
 
     print(f"{args.weights}: {len(kinds)} edited and {len(attacks)} untouched val tiles; shipped threshold {weights.threshold:.3f}")
-    for t in THRESHOLDS:
+    for t in sorted({*THRESHOLDS, round(weights.threshold, 3)}):
         report(f"share t {t}", share_above(p_tampered, t), share_above(p_clean, t), kinds, attacks)
         for window in WINDOWS_PX:
             report(f"window {window} t {t}", densest_window(p_tampered, t, window), densest_window(p_clean, t, window), kinds, attacks)

@@ -241,7 +241,7 @@ class SampleMaker:
         attacks: list[str] | None = None,
         area: tuple[float, float] = (0.03, 0.35),
         donors: torch.Tensor | None = None,
-        kind_probs: np.ndarray | None = None,
+        kind_probabilities: np.ndarray | None = None,
     ) -> SampleBatch:
         """Build received images from protected uint8 tiles (B, 3, R, R).
 
@@ -249,8 +249,8 @@ class SampleMaker:
         random with ``tamper_prob``). ``attacks[i]`` names its attack
         (default identity). Splice donors come from ``donors`` (uint8
         (D, 3, H, W)) when given, else from the next tile of the batch.
-        ``kind_probs`` (one per TAMPER_KINDS entry, summing to 1) skews the
-        random kinds; the default draws them uniformly.
+        ``kind_probabilities`` (one per TAMPER_KINDS entry, summing to 1)
+        skews the random kinds. Without it they are drawn uniformly.
         """
         count = protected.shape[0]
         resolution = self.resolution
@@ -262,7 +262,7 @@ class SampleMaker:
         for i in range(count):
             kind = kinds[i]
             if kind is None:
-                kind = str(rng.choice(TAMPER_KINDS, p=kind_probs)) if rng.random() < tamper_prob else "none"
+                kind = str(rng.choice(TAMPER_KINDS, p=kind_probabilities)) if rng.random() < tamper_prob else "none"
             if kind == "none":
                 edited, mask, edited_area = as_hwc[i], np.zeros((resolution, resolution), bool), 0.0
             else:
@@ -303,7 +303,7 @@ class SampleMaker:
         return evidence.float(), np.array([d.ecc_ok for d in decoded])
 
 
-def kind_probabilities(weights: str) -> np.ndarray | None:
+def parse_kind_weights(weights: str) -> np.ndarray | None:
     """Parse 'kind:weight,...' into one probability per TAMPER_KINDS entry; None for an empty string (uniform)."""
     if not weights.strip():
         return None
@@ -623,9 +623,9 @@ def choose_thresholds(curves: ThresholdCurves, max_fpr: float, decision_max_fpr:
     whose clean pixel FPR is at most ``decision_max_fpr`` (default
     ``max_fpr``) under every attack on its own, so blur or downscaling alone
     cannot push the FPR past the limit. That budget can be stricter than the
-    mask's: the audit draws masks at the mask threshold, so the decision
-    threshold only decides, and a high one leaves so few clean pixels above
-    it that min_fraction, and with it the smallest edit counted, gets small.
+    mask's, because the audit draws masks at the mask threshold and the
+    decision threshold only decides. A high decision threshold leaves few
+    clean pixels above it, so min_fraction (the smallest edit counted) is small.
     The mask threshold maximizes pooled F1 among thresholds whose pooled
     clean FPR is at most ``max_fpr``. It sits lower, where a few clean images
     get large false regions, so it is only good for drawing masks of images
@@ -657,9 +657,8 @@ def calibrate(
     threshold maximizes pooled pixel F1 × the share of tampered images whose
     mask reaches that min_fraction, among thresholds whose clean pixel
     false-positive rate is at most ``decision_max_fpr`` under every attack.
-    Returns (threshold,
-    min_fraction, calibration record); the record also carries the best-F1
-    ``mask_threshold``.
+    Returns (threshold, min_fraction, calibration record). The record also
+    carries the best-F1 ``mask_threshold``.
     """
     area = (config.area_min, config.area_max)
     tampered = make_fixed_samples(maker, pool, config.calib_tampered, config.seed + 101, ["identity", "jpeg75", "jpeg90", "jpeg50"], 1.0, area)
@@ -741,7 +740,7 @@ def main(argv: list[str] | None = None) -> int:
     train_tiles = TileStream("train", config.resolution, rng)
     val_pool = protected_split(maker, "val", config.seed + 1)
     area = (config.area_min, config.area_max)
-    kind_probs = kind_probabilities(config.kind_weights)
+    kind_probabilities = parse_kind_weights(config.kind_weights)
     val_samples = make_fixed_samples(maker, val_pool, config.val_samples, config.seed + 7, ["identity", "jpeg75"], config.tamper_prob, area)
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -776,7 +775,7 @@ def main(argv: list[str] | None = None) -> int:
         started = time.monotonic()
         protected, _ = maker.protect(train_tiles.next(per_batch), rng)
         attacks = random_attacks(per_batch, rng, attack_names, config.identity_prob)
-        batch = maker.make(protected, rng, tamper_prob=config.tamper_prob, attacks=attacks, area=area, kind_probs=kind_probs)
+        batch = maker.make(protected, rng, tamper_prob=config.tamper_prob, attacks=attacks, area=area, kind_probabilities=kind_probabilities)
         image, evidence, target, background = random_crops(batch, config.crop, config.reuse, rng)
         data_seconds = time.monotonic() - started
 

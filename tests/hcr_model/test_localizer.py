@@ -206,17 +206,17 @@ def test_calibration_limits_each_attacks_false_positives():
 
 def test_kind_weights_skew_the_training_kinds():
     from hcr_model.bench.tampering import TAMPER_KINDS
-    from hcr_model.training.localizer import kind_probabilities
+    from hcr_model.training.localizer import parse_kind_weights
 
-    assert kind_probabilities("") is None
-    probabilities = kind_probabilities("recolor:3,text:0")
+    assert parse_kind_weights("") is None
+    probabilities = parse_kind_weights("recolor:3,text:0")
     assert probabilities.sum() == pytest.approx(1.0)
     assert probabilities[TAMPER_KINDS.index("recolor")] == pytest.approx(3 / 8)  # five kinds at 1, recolor 3, text 0
     assert probabilities[TAMPER_KINDS.index("text")] == 0.0
     with pytest.raises(ValueError, match="unknown tampering kind 'recolour'"):
-        kind_probabilities("recolour:2")
+        parse_kind_weights("recolour:2")
     with pytest.raises(ValueError, match="needs a number"):
-        kind_probabilities("text:lots")
+        parse_kind_weights("text:lots")
 
 
 def test_decision_budget_apart_from_mask_budget():
